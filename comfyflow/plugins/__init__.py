@@ -1,0 +1,1 @@
+"""Extension points (Protocols), the entry-point registry, and the built-in ComfyUI backend."""

