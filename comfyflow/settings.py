@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the embedded Prefect server.")
     storage_url: str | None = Field(default=None, description="fsspec URL for artifacts; unset = <home>/artifacts.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (JSON).")
+    storage_plugin: str = Field(default="fsspec", description="Entry point name in comfyflow.storage.")
+    storage_public_endpoint: str | None = Field(
+        default=None, description="Public base URL for presigned S3 links (never an internal host name)."
+    )
 
     # --- backends and slots -------------------------------------------------------------------------------------
     backends: Annotated[list[str], NoDecode] = Field(

@@ -1,0 +1,76 @@
+"""One attempt of one job, as a worker runs it: its claim, its leases, its progress reporting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from comfyflow.core.runtime import Runtime
+from comfyflow.core.slots import SlotLease
+from comfyflow.core.store import Claim
+from comfyflow.errors import LeaseLost
+from comfyflow.models import Job, JobResult, Progress
+from comfyflow.plugins.protocols import RenderEvent
+
+PROMPT_NAMESPACE = uuid.UUID("6f1c1e0e-8d4e-4b8e-9a51-2f7f4c0de7a1")
+
+
+def prompt_id_for(job_id: str, attempt: int) -> str:
+    """Deterministic per job and attempt, so a later attempt can find this one in the backend's history."""
+    return str(uuid.uuid5(PROMPT_NAMESPACE, f"{job_id}:{attempt}"))
+
+
+@dataclass
+class AttemptContext:
+    runtime: Runtime
+    claim: Claim
+    job: Job
+    raw: dict[str, str]
+    leases: list[SlotLease] = field(default_factory=list)
+    #: Why the attempt is being stopped from outside: "canceled", "lost" or "shutdown".
+    stop_reason: str | None = None
+    #: Set to make the heartbeat look at the job now (a cancel request arrived).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The attempt's result, once stored (the Prefect flow returns only a small summary).
+    result: JobResult | None = None
+    _last_progress: float = 0.0
+    _last_node: str | None = None
+    first_progress_at: float | None = None
+
+    @property
+    def log(self) -> Any:
+        return structlog.get_logger("comfyflow.worker").bind(job_id=self.job.job_id, attempt=self.claim.attempt)
+
+    async def update(self, *, event: tuple[str, dict[str, Any]] | None = None, **fields: Any) -> None:
+        """Write fields of this attempt; raise LeaseLost if it is not ours any more."""
+        if not await self.runtime.store.update(self.claim, event=event, **fields):
+            raise LeaseLost(f"attempt {self.claim.attempt} of job {self.job.job_id} is no longer held by this worker")
+
+    async def progress(self, progress: Progress, *, force: bool = False) -> None:
+        """Report progress; throttled to ~10 writes a second unless the node changes or ``force``."""
+        now = time.monotonic()
+        if not force and progress.node == self._last_node and now - self._last_progress < 0.1:
+            return
+        self._last_progress, self._last_node = now, progress.node
+        data = progress.model_dump()
+        await self.update(event=("progress", data), progress=data)
+
+    async def on_render_event(self, ev: RenderEvent) -> None:
+        """Map backend events to job progress: the sampler's steps dominate the 0..1 value."""
+        if self.first_progress_at is None:
+            self.first_progress_at = time.monotonic()
+        current = self.job.progress
+        if ev.type == "progress" and ev.max:
+            value = 0.05 + 0.9 * min(1.0, (ev.value or 0) / ev.max)
+            p = Progress(value=max(current.value, value), node=ev.node, step=ev.value, max=ev.max, phase="rendering")
+        elif ev.type in ("node", "started", "cached", "executed"):
+            p = Progress(value=max(current.value, 0.05), node=ev.node or current.node, phase="rendering")
+        else:
+            return
+        self.job.progress = p
+        await self.progress(p, force=ev.type == "started")

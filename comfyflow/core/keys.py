@@ -1,0 +1,58 @@
+"""Every Redis key comfyflow uses, in one place."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from comfyflow.models import Priority
+
+GROUP = "workers"
+PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key layout under one prefix (``COMFYFLOW_KEY_PREFIX``, default ``cf``)."""
+
+    prefix: str = "cf"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:ev:{job_id}"
+
+    def queue(self, priority: Priority | str) -> str:
+        return f"{self.prefix}:q:{Priority(priority).value}"
+
+    @property
+    def notify(self) -> str:
+        """A plain stream every worker XREADs to wake up when work arrives."""
+        return f"{self.prefix}:notify"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of job ids waiting out a retry backoff, scored by due time (ms)."""
+        return f"{self.prefix}:delayed"
+
+    def owner_jobs(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:jobs"
+
+    def slots(self, backend_url: str) -> str:
+        digest = hashlib.sha1(backend_url.encode()).hexdigest()[:16]
+        return f"{self.prefix}:slots:{digest}"
+
+    @property
+    def workers(self) -> str:
+        """Hash of worker id -> last heartbeat (ms)."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def control(self) -> str:
+        """Pub/sub channel for cancel requests."""
+        return f"{self.prefix}:control"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}:leader"

@@ -1,0 +1,14 @@
+-- KEYS: job, events, notify   ARGV: prefix, fresh_attempts, flow_run_id ('' = none)
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'id', 'priority')
+if not st[1] then return {'gone'} end
+if st[1] ~= 'failed' and st[1] ~= 'canceled' then return {'state', st[1]} end
+local attempt = tonumber(st[2]) + 1
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', tostring(attempt), 'cancel', '0', 'error', '',
+  'result', '', 'finished_at', '', 'started_at', '', 'render_started_at', '', 'render_finished_at', '',
+  'max_attempts', tostring(attempt + tonumber(ARGV[2]) - 1), 'retry_flow_run_id', ARGV[3],
+  'progress', cjson.encode({value = 0, phase = 'queued'}))
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+enqueue(KEYS[1], ARGV[1], KEYS[3], st[3], attempt, st[4])
+emit(KEYS[2], 'status', {status = 'queued', attempt = attempt, reason = 'retry'})
+return {'queued', attempt}

@@ -1,0 +1,103 @@
+"""Reading the durable queue: three Redis Streams (high, normal, low) shared by one consumer group.
+
+Which class a worker reads next is decided by stride scheduling over the configured weights, so high goes
+first when everything waits, and low still gets its share: it is never starved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from comfyflow.core.keys import GROUP, PRIORITIES, Keys
+from comfyflow.core.store import QueueMessage
+from comfyflow.models import Priority
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StrideScheduler:
+    """Deterministic weighted fair choice among priority classes."""
+
+    def __init__(self, weights: dict[str, int]) -> None:
+        self.stride = {p: 1.0 / weights[p.value] for p in PRIORITIES}
+        self.passes = {p: 0.0 for p in PRIORITIES}
+
+    def order(self) -> list[Priority]:
+        """Classes to try, best first (lowest pass; ties by priority)."""
+        return sorted(PRIORITIES, key=lambda p: (self.passes[p], PRIORITIES.index(p)))
+
+    def charge(self, chosen: Priority, skipped: list[Priority]) -> None:
+        """Account one claim from ``chosen``; classes found empty do not bank credit while idle."""
+        floor = self.passes[chosen]
+        for p in skipped:
+            self.passes[p] = max(self.passes[p], floor)
+        self.passes[chosen] += self.stride[chosen]
+        low = min(self.passes.values())
+        if low > 1e6:
+            self.passes = {p: v - low for p, v in self.passes.items()}
+
+
+def parse_entry(stream: str, msg_id: Any, fields: dict[Any, Any]) -> QueueMessage:
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    return QueueMessage(stream=stream, msg_id=_s(msg_id), job_id=f["job"], attempt=int(f["attempt"]))
+
+
+class QueueReader:
+    """One worker's view of the queue."""
+
+    def __init__(self, redis: Redis, keys: Keys, consumer: str, weights: dict[str, int]) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.consumer = consumer
+        self.scheduler = StrideScheduler(weights)
+        self._notify_id: str | None = None
+
+    async def _read(self, priority: Priority) -> QueueMessage | None:
+        stream = self.keys.queue(priority)
+        res = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=1)
+        for _name, entries in res or []:
+            for msg_id, fields in entries:
+                return parse_entry(stream, msg_id, fields)
+        return None
+
+    async def try_next(self) -> QueueMessage | None:
+        """The next message by priority schedule, without waiting."""
+        skipped: list[Priority] = []
+        for prio in self.scheduler.order():
+            msg = await self._read(prio)
+            if msg is not None:
+                self.scheduler.charge(prio, skipped)
+                return msg
+            skipped.append(prio)
+        return None
+
+    async def next(self, block_ms: int) -> QueueMessage | None:
+        """The next message, waiting up to ``block_ms`` for a submit to wake us."""
+        if self._notify_id is None:
+            last = await self.redis.xrevrange(self.keys.notify, count=1)
+            self._notify_id = _s(last[0][0]) if last else "0-0"
+        msg = await self.try_next()
+        if msg is not None:
+            return msg
+        res = await self.redis.xread({self.keys.notify: self._notify_id}, count=100, block=block_ms)
+        for _name, entries in res or []:
+            if entries:
+                self._notify_id = _s(entries[-1][0])
+        return await self.try_next() if res else None
+
+    async def depth(self) -> dict[str, int]:
+        """Jobs waiting per priority: entries in the stream not yet delivered to a worker."""
+        out: dict[str, int] = {}
+        for prio in PRIORITIES:
+            stream = self.keys.queue(prio)
+            length = await self.redis.xlen(stream)
+            try:
+                pending = (await self.redis.xpending(stream, GROUP))["pending"]
+            except Exception:
+                pending = 0
+            out[prio.value] = max(0, int(length) - int(pending))
+        return out

@@ -1,0 +1,71 @@
+"""The clients one process shares: Redis, the job store, slots, backends, storage. Opened once, closed once."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from comfyflow.core.events import EventLog
+from comfyflow.core.keys import Keys
+from comfyflow.core.slots import SlotPool
+from comfyflow.core.store import JobStore
+from comfyflow.plugins import registry
+from comfyflow.plugins.protocols import Backend, Storage
+from comfyflow.settings import Settings
+
+
+def make_backend(settings: Settings, url: str) -> Backend:
+    factory = registry.load("backend", settings.backend_plugin)
+    return factory(url, settings=settings)
+
+
+def make_storage(settings: Settings) -> Storage:
+    cls = registry.load("storage", settings.storage_plugin)
+    return cls(
+        settings.resolved_storage_url,
+        options=settings.storage_options,
+        public_endpoint=settings.storage_public_endpoint,
+    )
+
+
+@dataclass
+class Runtime:
+    """Everything a worker, a flow or the API needs, for one process."""
+
+    settings: Settings
+    redis: Redis
+    store: JobStore
+    events: EventLog
+    slots: SlotPool
+    backends: dict[str, Backend]
+    storage: Storage
+    staging: Path
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    async def open(cls, settings: Settings, redis_url: str, **overrides: Any) -> Runtime:
+        """Connect to Redis and build the plugins named in settings. ``overrides`` replace parts (tests)."""
+        redis = overrides.pop("redis", None) or Redis.from_url(redis_url, health_check_interval=30)
+        keys = Keys(settings.key_prefix)
+        store = JobStore(redis, settings)
+        await store.ensure_groups()
+        backends = overrides.pop("backends", None) or {u: make_backend(settings, u) for u in settings.backends}
+        slots = SlotPool(
+            redis, keys, {u: settings.backend_slots for u in backends}, lease_seconds=settings.slot_lease_seconds
+        )
+        storage = overrides.pop("storage", None) or make_storage(settings)
+        staging = settings.resolved_home / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        return cls(settings, redis, store, EventLog(redis, keys), slots, backends, storage, staging, **overrides)
+
+    async def aclose(self) -> None:
+        for backend in self.backends.values():
+            with contextlib.suppress(Exception):
+                await backend.aclose()
+        with contextlib.suppress(Exception):
+            await self.storage.aclose()
+        await self.redis.aclose()

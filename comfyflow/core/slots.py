@@ -1,0 +1,84 @@
+"""GPU slots: a slot is a lease on one backend, held in Redis with expiry so a dead worker cannot leak one.
+
+A backend's capacity counts prompts inside ComfyUI (the running one plus those waiting behind it), so with the
+default of 2 there is always one prompt queued on the GPU while comfyflow does its bookkeeping for the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from comfyflow.core.keys import Keys
+from comfyflow.core.scripts import Scripts
+
+
+@dataclass(frozen=True)
+class SlotLease:
+    backend: str
+    token: str
+
+
+class SlotPool:
+    """Leases on backends' capacity, least loaded first."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        capacities: dict[str, int],
+        *,
+        lease_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.capacities = dict(capacities)
+        self.lease_ms = int(lease_seconds * 1000)
+        self.clock = clock
+        self.scripts = Scripts(redis)
+
+    async def try_acquire(self, candidates: Sequence[str], token: str | None = None) -> SlotLease | None:
+        """Take a slot on the least-loaded candidate with room, or None when all are full."""
+        cands = [c for c in candidates if c in self.capacities]
+        if not cands:
+            return None
+        token = token or uuid.uuid4().hex
+        keys = [self.keys.slots(c) for c in cands]
+        args = [int(self.clock() * 1000), self.lease_ms, token, *[self.capacities[c] for c in cands]]
+        idx = int(await self.scripts.run("slot_acquire", keys, args))
+        return SlotLease(cands[idx - 1], token) if idx else None
+
+    async def acquire(
+        self, candidates: Sequence[str], *, timeout: float, poll: float = 0.02, token: str | None = None
+    ) -> SlotLease:
+        """Wait for a slot. Raises TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = poll
+        while True:
+            lease = await self.try_acquire(candidates, token)
+            if lease is not None:
+                return lease
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no free slot on {list(candidates)} within {timeout:.0f}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    async def renew(self, lease: SlotLease) -> bool:
+        """Extend the lease; False if it had expired and been dropped (the slot is not ours any more)."""
+        key = self.keys.slots(lease.backend)
+        res = await self.redis.zadd(key, {lease.token: int(self.clock() * 1000) + self.lease_ms}, xx=True, ch=True)
+        return bool(res) or await self.redis.zscore(key, lease.token) is not None
+
+    async def release(self, lease: SlotLease) -> None:
+        await self.redis.zrem(self.keys.slots(lease.backend), lease.token)
+
+    async def in_use(self, backend: str) -> int:
+        key = self.keys.slots(backend)
+        await self.redis.zremrangebyscore(key, "-inf", int(self.clock() * 1000))
+        return int(await self.redis.zcard(key))

@@ -1,0 +1,259 @@
+"""The four steps of a generation, as plain async functions: validate -> acquire_slot -> render -> store.
+
+The Prefect flow in ``flows/generate.py`` wraps each in a task; ``run_attempt`` composes them without Prefect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comfyflow.core.attempt import AttemptContext, prompt_id_for
+from comfyflow.core.slots import SlotLease
+from comfyflow.core.storing import store_outputs
+from comfyflow.errors import BackendUnavailable, ExecutionFailed, OutOfMemory, Stalled
+from comfyflow.models import Img2ImgRequest, JobResult, Progress, RawGraphRequest, parse_request
+from comfyflow.plugins.comfyui.templates import build_graph, default_model
+from comfyflow.plugins.protocols import Backend, PromptPhase
+
+RANDOM_SEED_BOUND = 2**53  # JSON-safe in every client
+
+
+@dataclass
+class Prepared:
+    """What validation decided; small and JSON-able so it can pass between Prefect tasks."""
+
+    graph: dict[str, Any]
+    seed: int | None
+    model: str | None
+    candidates: list[str]
+    reference: str
+    adopt_backend: str | None = None
+    adopt_prompt_id: str | None = None
+    adopt_phase: str | None = None
+    input_name: str | None = None
+
+
+@dataclass
+class Staged:
+    index: int
+    path: str
+    content_type: str
+    extension: str
+    size: int
+    sha256: str
+    kind: str
+    node_id: str
+
+
+@dataclass
+class Rendered:
+    backend: str
+    prompt_id: str
+    adopted: bool
+    files: list[Staged] = field(default_factory=list)
+
+
+def _json_field(raw: dict[str, str], name: str) -> Any:
+    value = raw.get(name)
+    return json.loads(value) if value else None
+
+
+async def _find_previous(ctx: AttemptContext) -> tuple[str, str, PromptPhase] | None:
+    """A previous attempt's prompt that finished or still runs on its backend: adopt it, never render twice."""
+    for entry in reversed(_json_field(ctx.raw, "prompts") or []):
+        backend = ctx.runtime.backends.get(entry["backend"])
+        if backend is None:
+            continue
+        try:
+            status = await backend.lookup(entry["prompt_id"])
+        except BackendUnavailable:
+            continue
+        if status.phase in (PromptPhase.SUCCEEDED, PromptPhase.RUNNING, PromptPhase.PENDING):
+            return entry["backend"], entry["prompt_id"], status.phase
+    return None
+
+
+def _candidates(ctx: AttemptContext) -> list[str]:
+    """All backends, minus the one whose transient failure ended the previous attempt (if others exist)."""
+    urls = list(ctx.runtime.backends)
+    last = _json_field(ctx.raw, "last_error") or {}
+    bad = (last.get("details") or {}).get("backend") if isinstance(last.get("details"), dict) else None
+    others = [u for u in urls if u != bad]
+    return others or urls
+
+
+async def validate_step(ctx: AttemptContext) -> Prepared:
+    """Parse the request, fix the seed, build the graph and check it against a backend's /object_info.
+
+    Raises:
+        GraphInvalid / ValidationError: permanent, the job fails at once.
+        BackendUnavailable: no backend answered (transient).
+    """
+    request = parse_request(ctx.job.request)
+    seed: int | None = None
+    if not isinstance(request, RawGraphRequest):
+        seed = int(ctx.raw["seed"]) if ctx.raw.get("seed") else request.seed
+        if seed < 0:
+            seed = secrets.randbelow(RANDOM_SEED_BOUND)
+        if not ctx.raw.get("seed"):
+            await ctx.update(seed=seed)
+    previous = await _find_previous(ctx)
+    candidates = _candidates(ctx)
+    order = ([previous[0]] if previous else []) + [c for c in candidates if not previous or c != previous[0]]
+    last_exc: Exception | None = None
+    for url in order:
+        backend = ctx.runtime.backends[url]
+        try:
+            caps = await backend.capabilities()
+        except BackendUnavailable as exc:
+            last_exc = exc
+            continue
+        input_name = None
+        if isinstance(request, RawGraphRequest):
+            graph, model = request.model_dump(mode="json")["workflow"], None
+        else:
+            model = request.model or default_model(caps)
+            if isinstance(request, Img2ImgRequest):
+                input_name = await _upload_input(ctx, backend, request.init_image)
+            graph = build_graph(
+                request, seed=seed, model=model, filename_prefix=f"comfyflow/{ctx.job.job_id[:12]}",
+                input_image=input_name,
+            )  # fmt: skip
+        await backend.validate(graph)
+        prepared = Prepared(graph, seed, model, candidates, url, input_name=input_name)
+        if previous:
+            prepared.adopt_backend, prepared.adopt_prompt_id, prepared.adopt_phase = previous
+        return prepared
+    raise BackendUnavailable(
+        f"None of the backends answered ({', '.join(order)}): {last_exc}", details={"backends": order}
+    )
+
+
+async def _upload_input(ctx: AttemptContext, backend: Backend, upload_id: str) -> str:
+    data = await ctx.runtime.storage.get(f"uploads/{ctx.job.owner}/{upload_id}")
+    return await backend.upload_image(data, f"comfyflow_{upload_id}.png")
+
+
+async def acquire_step(ctx: AttemptContext, prepared: Prepared) -> SlotLease | None:
+    """Take a GPU slot on the least-loaded candidate. Adopting a previous attempt's prompt needs none: its
+    prompt already sits in that backend's queue (the dead worker's lease covers it until it expires)."""
+    if prepared.adopt_backend:
+        await ctx.update(backend=prepared.adopt_backend, render_started_at=repr(time.time()))
+        return None
+    await ctx.progress(Progress(value=0.0, phase="waiting_for_gpu"), force=True)
+    try:
+        lease = await ctx.runtime.slots.acquire(prepared.candidates, timeout=ctx.runtime.settings.render_timeout_seconds)
+    except TimeoutError as exc:
+        raise BackendUnavailable(str(exc), details={"backends": prepared.candidates}) from exc
+    ctx.leases.append(lease)
+    await ctx.update(backend=lease.backend, render_started_at=repr(time.time()))
+    return lease
+
+
+async def render_step(ctx: AttemptContext, prepared: Prepared, lease: SlotLease | None) -> Rendered:
+    """Queue the graph on the leased backend (or attach to the previous attempt's prompt), wait for it, and
+    fetch every output file into the local staging folder. Releases the slot when done."""
+    settings = ctx.runtime.settings
+    url = prepared.adopt_backend or (lease.backend if lease else prepared.reference)
+    backend = ctx.runtime.backends[url]
+    adopted = prepared.adopt_prompt_id is not None
+    pid = prepared.adopt_prompt_id or prompt_id_for(ctx.job.job_id, ctx.claim.attempt)
+    try:
+        if not adopted:
+            # Record the prompt before posting it, so a crash after the POST still lets the next attempt find it.
+            prompts = (_json_field(ctx.raw, "prompts") or []) + [
+                {"backend": url, "prompt_id": pid, "attempt": ctx.claim.attempt}
+            ]
+            await ctx.update(prompts=prompts)
+            ctx.raw["prompts"] = json.dumps(prompts)
+            if prepared.input_name and url != prepared.reference:
+                await _upload_input(ctx, backend, parse_request(ctx.job.request).init_image)  # type: ignore[union-attr]
+        outputs = await _render(ctx, backend, prepared, pid)
+        await ctx.progress(Progress(value=0.96, phase="fetching"), force=True)
+        staged = await _fetch_all(ctx, backend, pid, outputs, settings.max_output_bytes)
+    finally:
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(ctx.runtime.slots.release(lease))
+            if lease in ctx.leases:
+                ctx.leases.remove(lease)
+    await ctx.update(render_finished_at=repr(time.time()))
+    return Rendered(url, pid, adopted and prepared.adopt_phase == PromptPhase.SUCCEEDED.value, staged)
+
+
+async def _render(ctx: AttemptContext, backend: Backend, prepared: Prepared, pid: str) -> list[Any]:
+    settings = ctx.runtime.settings
+    try:
+        async with asyncio.timeout(settings.render_timeout_seconds):
+            return await backend.render(
+                prepared.graph, pid, on_event=ctx.on_render_event, stall_timeout=settings.stall_timeout_seconds
+            )
+    except asyncio.CancelledError:
+        if ctx.stop_reason == "canceled":  # only a user's cancel stops the GPU; a lost or shut-down worker
+            with contextlib.suppress(Exception):  # leaves the prompt running for the next attempt to adopt
+                await asyncio.shield(backend.cancel(pid))
+        raise
+    except TimeoutError as exc:
+        with contextlib.suppress(Exception):
+            await backend.cancel(pid)
+        raise Stalled(
+            f"render took longer than {settings.render_timeout_seconds:.0f}s (COMFYFLOW_RENDER_TIMEOUT_SECONDS)",
+            details={"backend": backend.url, "prompt_id": pid},
+        ) from exc
+    except OutOfMemory as exc:
+        with contextlib.suppress(Exception):
+            await backend.free()
+        last = _json_field(ctx.raw, "last_error") or {}
+        if last.get("code") == OutOfMemory.code:
+            raise ExecutionFailed(
+                f"out of memory again after /free: {exc.message}. Lower width/height or batch_size.",
+                details={**(exc.details if isinstance(exc.details, dict) else {}), "backend": backend.url},
+            ) from exc
+        exc.details = {**(exc.details if isinstance(exc.details, dict) else {}), "backend": backend.url}
+        raise
+
+
+async def _fetch_all(ctx: AttemptContext, backend: Backend, pid: str, outputs: list[Any], cap: int) -> list[Staged]:
+    folder = ctx.runtime.staging / ctx.job.job_id / str(ctx.claim.attempt)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for index, ref in enumerate(outputs):
+        fetched = await backend.fetch(ref, max_bytes=cap)
+        path = folder / f"{index}.{fetched.extension}"
+        await asyncio.to_thread(path.write_bytes, fetched.data)
+        staged.append(
+            Staged(
+                index, str(path), fetched.content_type, fetched.extension, len(fetched.data),
+                hashlib.sha256(fetched.data).hexdigest(), ref.kind, ref.node_id,
+            )
+        )  # fmt: skip
+    return staged
+
+
+async def store_step(ctx: AttemptContext, prepared: Prepared, rendered: Rendered) -> JobResult:
+    """Write every file and metadata.json to storage, verify them, then clean the staging folder."""
+    await ctx.progress(Progress(value=0.98, phase="storing"), force=True)
+    result = await store_outputs(ctx, prepared, rendered)
+    shutil.rmtree(Path(ctx.runtime.staging) / ctx.job.job_id, ignore_errors=True)
+    return result
+
+
+async def run_attempt(ctx: AttemptContext) -> JobResult:
+    """The whole attempt without Prefect (used when COMFYFLOW_PREFECT_ENABLED=false, and by tests)."""
+    prepared = await validate_step(ctx)
+    lease = await acquire_step(ctx, prepared)
+    rendered = await render_step(ctx, prepared, lease)
+    return await store_step(ctx, prepared, rendered)
+
+
+def prepared_to_dict(p: Prepared) -> dict[str, Any]:
+    return asdict(p)

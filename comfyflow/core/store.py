@@ -1,0 +1,297 @@
+"""The job store: every job state transition, each one atomic Lua script that checks (state, attempt).
+
+Redis is the single source of truth for jobs. A worker holds a :class:`Claim` on one attempt; every write it
+makes names that attempt and its worker id, so a stale worker (reclaimed, canceled, superseded) cannot
+overwrite a newer attempt: its write is refused and it learns it lost the job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from comfyflow.core.keys import GROUP, PRIORITIES, Keys
+from comfyflow.core.scripts import Scripts
+from comfyflow.models import ErrorInfo, Job, JobResult, JobState, Progress
+from comfyflow.settings import Settings
+
+JSON_FIELDS = ("request", "labels", "progress", "result", "error", "last_error", "prompts")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one attempt of one job, from one queue message."""
+
+    job_id: str
+    attempt: int
+    worker: str
+    stream: str
+    msg_id: str
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    stream: str
+    msg_id: str
+    job_id: str
+    attempt: int
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+def job_from_hash(raw: dict[str, str]) -> Job:
+    """Turn a job hash into the Job resource."""
+
+    def js(name: str) -> Any:
+        value = raw.get(name)
+        return json.loads(value) if value else None
+
+    return Job(
+        job_id=raw["id"],
+        status=JobState(raw["state"]),
+        attempt=int(raw.get("attempt", 1)),
+        max_attempts=int(raw.get("max_attempts", 1)),
+        priority=raw.get("priority", "normal"),
+        owner=raw.get("owner", "local"),
+        request=js("request") or {},
+        labels=js("labels") or [],
+        progress=Progress(**(js("progress") or {})),
+        result=JobResult(**r) if (r := js("result")) else None,
+        error=ErrorInfo(**e) if (e := js("error")) else None,
+        backend=raw.get("backend") or None,
+        worker=raw.get("worker") or None,
+        cancel_requested=raw.get("cancel") == "1",
+        flow_run_id=raw.get("flow_run_id") or None,
+        created_at=_ts(raw.get("created_at")) or datetime.now(UTC),
+        started_at=_ts(raw.get("started_at")),
+        render_started_at=_ts(raw.get("render_started_at")),
+        render_finished_at=_ts(raw.get("render_finished_at")),
+        finished_at=_ts(raw.get("finished_at")),
+    )
+
+
+def _pairs(fields: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for name, value in fields.items():
+        if name in JSON_FIELDS and not isinstance(value, str):
+            value = json.dumps(value, separators=(",", ":"), default=str)
+        out += [name, value]
+    return out
+
+
+class JobStore:
+    """Atomic job transitions over one Redis client. Open once per process and share."""
+
+    def __init__(self, redis: Redis, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.clock = clock
+        self.scripts = Scripts(redis)
+
+    @property
+    def ttl(self) -> int:
+        return self.settings.job_ttl_seconds
+
+    async def ensure_groups(self) -> None:
+        """Create the queue streams and their consumer group (idempotent)."""
+        for prio in PRIORITIES:
+            try:
+                await self.redis.xgroup_create(self.keys.queue(prio), GROUP, id="0", mkstream=True)
+            except Exception as exc:  # BUSYGROUP: it exists already
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # --- submit and read ------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        request: Any,
+        *,
+        owner: str = "local",
+        job_id: str | None = None,
+        max_attempts: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Job:
+        """Create a queued job for a validated request (a pydantic model). Idempotent on job_id."""
+        job_id = job_id or new_job_id()
+        now = self.clock()
+        body = request.model_dump(mode="json")
+        fields: dict[str, Any] = {
+            "id": job_id,
+            "state": JobState.QUEUED.value,
+            "attempt": 1,
+            "max_attempts": max_attempts or self.settings.max_attempts,
+            "priority": body.get("priority", "normal"),
+            "owner": owner,
+            "request": body,
+            "labels": body.get("labels", []),
+            "created_at": repr(now),
+            "progress": {"value": 0, "phase": "queued"},
+            "cancel": "0",
+            **(extra or {}),
+        }
+        keys = [
+            self.keys.job(job_id),
+            self.keys.notify,
+            self.keys.owner_jobs(owner),
+            self.keys.events(job_id),
+        ]
+        await self.scripts.run("submit", keys, [self.keys.prefix, now, *_pairs(fields)])
+        job = await self.get(job_id)
+        assert job is not None
+        return job
+
+    async def raw(self, job_id: str) -> dict[str, str]:
+        data = await self.redis.hgetall(self.keys.job(job_id))
+        return {_s(k): _s(v) for k, v in data.items()}
+
+    async def get(self, job_id: str) -> Job | None:
+        raw = await self.raw(job_id)
+        return job_from_hash(raw) if raw else None
+
+    # --- a worker's claim -----------------------------------------------------------------------------------
+
+    async def claim(self, msg: QueueMessage, worker: str) -> Claim | None:
+        """queued -> running for the attempt in ``msg``; None when the message is stale (ack it then)."""
+        keys = [self.keys.job(msg.job_id), self.keys.events(msg.job_id), msg.stream]
+        res = await self.scripts.run("claim", keys, [msg.attempt, worker, repr(self.clock()), msg.msg_id])
+        if _s(res[0]) != "ok":
+            return None
+        return Claim(msg.job_id, msg.attempt, worker, msg.stream, msg.msg_id)
+
+    async def drop_message(self, msg: QueueMessage) -> None:
+        """Acknowledge and delete a stale queue message."""
+        await self.redis.xack(msg.stream, GROUP, msg.msg_id)
+        await self.redis.xdel(msg.stream, msg.msg_id)
+
+    async def heartbeat(self, claim: Claim) -> Literal["ok", "cancel", "lost"]:
+        """Renew the lease; learn whether a cancel was requested or the attempt was lost."""
+        res = await self.scripts.run(
+            "heartbeat",
+            [self.keys.job(claim.job_id), claim.stream],
+            [claim.attempt, claim.worker, claim.worker, claim.msg_id],
+        )
+        return _s(res)  # type: ignore[return-value]
+
+    async def update(
+        self, claim: Claim, *, event: tuple[str, dict[str, Any]] | None = None, **fields: Any
+    ) -> bool:
+        """Set fields of a running attempt (and emit an event). False when the attempt is no longer ours."""
+        etype, edata = event if event else ("", {})
+        args = [claim.attempt, claim.worker, etype, json.dumps(edata, default=str), *_pairs(fields)]
+        res = await self.scripts.run("update", [self.keys.job(claim.job_id), self.keys.events(claim.job_id)], args)
+        return _s(res) == "ok"
+
+    async def complete(self, claim: Claim, result: JobResult) -> bool:
+        """running -> succeeded. Call only after every artifact and the metadata are stored and verified."""
+        return await self._finish(
+            claim,
+            JobState.SUCCEEDED,
+            result=result.model_dump(mode="json"),
+            progress=Progress(value=1.0, phase="done").model_dump(),
+        )
+
+    async def fail(self, claim: Claim, error: ErrorInfo) -> bool:
+        """running -> failed, for permanent errors."""
+        return await self._finish(claim, JobState.FAILED, error=error.model_dump(mode="json"))
+
+    async def confirm_canceled(self, claim: Claim) -> bool:
+        """running -> canceled, once the backend was told to stop."""
+        return await self._finish(claim, JobState.CANCELED)
+
+    async def _finish(self, claim: Claim, state: JobState, **fields: Any) -> bool:
+        args = [claim.attempt, claim.worker, state.value, repr(self.clock()), self.ttl, *_pairs(fields)]
+        res = await self.scripts.run("finish", [self.keys.job(claim.job_id), self.keys.events(claim.job_id)], args)
+        return _s(res[0]) == "ok"
+
+    async def give_up_attempt(
+        self, claim: Claim, error: ErrorInfo, *, delay: float, final: ErrorInfo | None = None
+    ) -> tuple[str, int]:
+        """End a running attempt after a transient error: the next attempt after ``delay`` seconds, or
+        failed when attempts are used up (with ``final``), or canceled if a cancel was requested.
+
+        Returns:
+            (outcome, attempt): outcome is "queued", "failed", "canceled" or "lost".
+        """
+        final = final or error
+        keys = [self.keys.job(claim.job_id), self.keys.events(claim.job_id), self.keys.delayed, self.keys.notify]
+        args = [
+            claim.attempt,
+            claim.worker,
+            self.keys.prefix,
+            repr(self.clock()),
+            int(delay * 1000),
+            error.model_dump_json(),
+            final.model_dump_json(),
+            self.ttl,
+            error.code,
+        ]
+        res = await self.scripts.run("requeue", keys, args)
+        return _s(res[0]), int(res[1]) if len(res) > 1 and _s(res[1]).isdigit() else claim.attempt
+
+    # --- actions from outside (API, Prefect UI, reaper) -----------------------------------------------------
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel: a queued job becomes canceled at once; a running one gets a cancel request that its worker
+        carries out (interrupting the backend). Returns "canceled", "requested", "gone" or the terminal state."""
+        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.delayed, self.keys.control]
+        return _s(await self.scripts.run("cancel", keys, [repr(self.clock()), self.ttl]))
+
+    async def retry(self, job_id: str, *, flow_run_id: str | None = None) -> tuple[str, int | str]:
+        """failed/canceled -> queued as the next attempt, with a fresh attempt budget.
+
+        Returns:
+            ("queued", attempt), ("state", current_state) when not retryable, or ("gone", "").
+        """
+        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.notify]
+        res = await self.scripts.run("retry", keys, [self.keys.prefix, self.settings.max_attempts, flow_run_id])
+        outcome = _s(res[0])
+        detail = _s(res[1]) if len(res) > 1 else ""
+        return outcome, int(detail) if detail.isdigit() else detail
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Put jobs whose retry delay has passed back on their queue."""
+        now_ms = int(self.clock() * 1000)
+        res = await self.scripts.run(
+            "promote", [self.keys.delayed, self.keys.notify], [self.keys.prefix, now_ms, limit]
+        )
+        return int(res)
+
+    async def reclaim(self, msg: QueueMessage, error: ErrorInfo, final: ErrorInfo) -> str:
+        """Handle a message whose consumer went silent: next attempt, redelivery, or drop if stale."""
+        keys = [
+            self.keys.job(msg.job_id),
+            self.keys.events(msg.job_id),
+            self.keys.delayed,
+            self.keys.notify,
+            msg.stream,
+        ]
+        args = [
+            msg.msg_id,
+            msg.attempt,
+            self.keys.prefix,
+            repr(self.clock()),
+            error.model_dump_json(),
+            final.model_dump_json(),
+            self.ttl,
+        ]
+        res = await self.scripts.run("reclaim", keys, args)
+        return _s(res[0])
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

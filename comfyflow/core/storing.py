@@ -1,0 +1,105 @@
+"""Storing a finished render: artifacts under ``jobs/{job_id}/{index}.{ext}``, then ``metadata.json``.
+
+Every write is retried with backoff while storage is down, within ``store_timeout_seconds``; every file is
+verified (size and sha256) before the job may be marked succeeded, so a job never succeeds without its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from comfyflow.errors import StorageError
+from comfyflow.models import Artifact, JobResult
+from comfyflow.plugins.protocols import StoredObject
+
+if TYPE_CHECKING:
+    from comfyflow.core.attempt import AttemptContext
+    from comfyflow.core.steps import Prepared, Rendered
+
+
+def artifact_key(job_id: str, index: int, extension: str) -> str:
+    return f"jobs/{job_id}/{index}.{extension}"
+
+
+def metadata_key(job_id: str) -> str:
+    return f"jobs/{job_id}/metadata.json"
+
+
+async def _put_verified(ctx: AttemptContext, key: str, data: bytes, content_type: str, sha256: str) -> StoredObject:
+    storage = ctx.runtime.storage
+    timeout = ctx.runtime.settings.store_timeout_seconds
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(StorageError),
+        stop=stop_after_delay(timeout),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        reraise=True,
+    ):
+        with attempt:
+            stored = await storage.put(key, data, content_type=content_type)
+            if stored.size != len(data) or stored.sha256 != sha256:
+                raise StorageError(
+                    f"{key}: stored {stored.size} bytes (sha256 {stored.sha256[:12]}), expected {len(data)} "
+                    f"bytes (sha256 {sha256[:12]})",
+                    details={"key": key},
+                )
+    return stored
+
+
+async def store_outputs(ctx: AttemptContext, prepared: Prepared, rendered: Rendered) -> JobResult:
+    job_id = ctx.job.job_id
+    started = time.time()
+    artifacts: list[Artifact] = []
+    for f in rendered.files:
+        data = await asyncio.to_thread(_read, f.path)
+        key = artifact_key(job_id, f.index, f.extension)
+        await _put_verified(ctx, key, data, f.content_type, f.sha256)
+        art = Artifact(
+            index=f.index, key=key, content_type=f.content_type, size=f.size, sha256=f.sha256, kind=f.kind,
+            node_id=f.node_id,
+        )  # fmt: skip
+        artifacts.append(art)
+        await ctx.update(event=("artifact", art.model_dump(exclude={"url"})))
+    result = JobResult(
+        artifacts=artifacts,
+        seed=prepared.seed,
+        backend=rendered.backend,
+        prompt_id=rendered.prompt_id,
+        metadata_key=metadata_key(job_id),
+        adopted=rendered.adopted,
+    )
+    meta = _metadata(ctx, prepared, result, started)
+    body = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
+    await _put_verified(ctx, metadata_key(job_id), body, "application/json", hashlib.sha256(body).hexdigest())
+    return result
+
+
+def _metadata(ctx: AttemptContext, prepared: Prepared, result: JobResult, store_started: float) -> dict[str, Any]:
+    raw = ctx.raw
+    return {
+        "job_id": ctx.job.job_id,
+        "attempt": ctx.claim.attempt,
+        "request": ctx.job.request,
+        "seed": result.seed,
+        "model": prepared.model,
+        "backend": result.backend,
+        "prompt_id": result.prompt_id,
+        "adopted": result.adopted,
+        "timings": {
+            "created_at": raw.get("created_at"),
+            "started_at": raw.get("started_at"),
+            "render_started_at": raw.get("render_started_at"),
+            "store_started_at": store_started,
+        },
+        "artifacts": [a.model_dump(exclude={"url"}) for a in result.artifacts],
+    }
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()

@@ -1,0 +1,234 @@
+"""The worker: claims jobs from the queue, runs each attempt, heart-beats it, and saves its final state.
+
+A message is acknowledged only inside the script that saves the final state. On SIGTERM the worker stops
+claiming, lets running attempts finish within a grace period, then releases the rest as their next attempt
+(leaving their prompts running on ComfyUI for that attempt to adopt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pydantic
+import structlog
+
+from comfyflow.core.attempt import AttemptContext
+from comfyflow.core.queue import QueueReader
+from comfyflow.core.reaper import Reaper
+from comfyflow.core.runtime import Runtime
+from comfyflow.core.steps import run_attempt
+from comfyflow.core.store import Claim, QueueMessage
+from comfyflow.errors import ComfyflowError, LeaseLost
+from comfyflow.models import ErrorInfo, JobResult
+
+log = structlog.get_logger("comfyflow.worker")
+
+Runner = Callable[[AttemptContext], Awaitable[JobResult]]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def backoff(settings: object, attempt: int) -> float:
+    base = getattr(settings, "retry_backoff_seconds", 2.0)
+    cap = getattr(settings, "retry_backoff_max_seconds", 60.0)
+    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+def classify(exc: BaseException) -> ErrorInfo:
+    """An exception as the job's error; unknown exceptions count as transient (a bug fails after the retries)."""
+    if isinstance(exc, ComfyflowError):
+        return ErrorInfo(code=exc.code, message=exc.message, details=exc.details, transient=exc.transient)
+    if isinstance(exc, pydantic.ValidationError):
+        return ErrorInfo(code="VALIDATION_ERROR", message=str(exc), details=exc.errors(include_url=False))
+    return ErrorInfo(code="INTERNAL_ERROR", message=f"{type(exc).__name__}: {exc}", transient=True)
+
+
+class Worker:
+    """Runs up to ``concurrency`` attempts at once in this process."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        runner: Runner = run_attempt,
+        name: str | None = None,
+        concurrency: int | None = None,
+        reaper_interval: float | None = None,
+    ) -> None:
+        self.rt = runtime
+        self.runner = runner
+        self.name = name or worker_name()
+        self.concurrency = concurrency or runtime.settings.worker_concurrency
+        self.reader = QueueReader(runtime.redis, runtime.store.keys, self.name, runtime.settings.priority_weights)
+        self.reaper = Reaper(runtime.store, consumer=f"reaper-{self.name}")
+        self.reaper_interval = reaper_interval if reaper_interval is not None else runtime.settings.lease_seconds / 2
+        self.active: dict[str, tuple[AttemptContext, asyncio.Task[JobResult]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event | None = None, *, grace: float = 30.0) -> None:
+        """Claim and run jobs until ``stop`` is set; then shut down gracefully."""
+        stop = stop or asyncio.Event()
+        sem = asyncio.Semaphore(self.concurrency)
+        bg = [
+            asyncio.create_task(self.reaper.run_forever(self.reaper_interval, self._stopping)),
+            asyncio.create_task(self._listen_cancels()),
+            asyncio.create_task(self._beat()),
+        ]
+        log.info("worker started", worker=self.name, concurrency=self.concurrency)
+        try:
+            while not stop.is_set():
+                await sem.acquire()
+                try:
+                    msg = await self.reader.next(block_ms=500)
+                except Exception as exc:  # Redis restarting: wait and go on
+                    sem.release()
+                    log.error("queue read failed", error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                if msg is None:
+                    sem.release()
+                    continue
+                task = asyncio.create_task(self._handle(msg, sem))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            await self.shutdown(grace)
+            self._stopping.set()
+            for t in bg:
+                t.cancel()
+            await asyncio.gather(*bg, return_exceptions=True)
+            log.info("worker stopped", worker=self.name)
+
+    async def shutdown(self, grace: float) -> None:
+        """Let running attempts finish for ``grace`` seconds, then release the rest to the queue."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        for ctx, task in list(self.active.values()):
+            ctx.stop_reason = "shutdown"
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+
+    async def _handle(self, msg: QueueMessage, sem: asyncio.Semaphore) -> None:
+        try:
+            claim = await self.rt.store.claim(msg, self.name)
+            if claim is None:
+                await self.rt.store.drop_message(msg)
+                return
+            raw = await self.rt.store.raw(claim.job_id)
+            job = await self.rt.store.get(claim.job_id)
+            if job is None:
+                return
+            ctx = AttemptContext(self.rt, claim, job, raw)
+            task = asyncio.create_task(self.runner(ctx))
+            self.active[claim.job_id] = (ctx, task)
+            hb = asyncio.create_task(self._heartbeat(ctx, task))
+            try:
+                await self._finish(ctx, task)
+            finally:
+                hb.cancel()
+                self.active.pop(claim.job_id, None)
+                for lease in list(ctx.leases):
+                    with contextlib.suppress(Exception):
+                        await self.rt.slots.release(lease)
+        except Exception as exc:
+            log.exception("job handling failed", job_id=msg.job_id, error=str(exc))
+        finally:
+            sem.release()
+
+    async def _finish(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> None:
+        store, claim = self.rt.store, ctx.claim
+        log_ = ctx.log
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if ctx.stop_reason == "canceled":
+                await store.confirm_canceled(claim)
+                log_.info("job canceled")
+            elif ctx.stop_reason == "shutdown":
+                info = ErrorInfo(code="WORKER_SHUTDOWN", message="worker shut down; attempt released", transient=True)
+                await store.give_up_attempt(claim, info, delay=0)
+                log_.info("attempt released on shutdown")
+            elif ctx.stop_reason != "lost":
+                raise
+            return
+        except LeaseLost:
+            log_.warning("attempt lost to another worker")
+            return
+        except BaseException as exc:
+            await self._failed(ctx, exc)
+            return
+        if await store.complete(claim, result):
+            log_.info("job succeeded", artifacts=len(result.artifacts), backend=result.backend)
+        else:
+            log_.warning("job finished but the attempt was no longer ours; result discarded")
+
+    async def _failed(self, ctx: AttemptContext, exc: BaseException) -> None:
+        info = classify(exc)
+        store, claim = self.rt.store, ctx.claim
+        if not info.transient:
+            await store.fail(claim, info)
+            ctx.log.warning("job failed", code=info.code, error=info.message)
+            return
+        final = info.model_copy(
+            update={"message": f"{info.message} (gave up after {claim.attempt} attempts)", "transient": False}
+        )
+        delay = backoff(self.rt.settings, claim.attempt)
+        outcome, attempt = await store.give_up_attempt(claim, info, delay=delay, final=final)
+        ctx.log.warning("attempt failed", code=info.code, error=info.message, outcome=outcome, next_attempt=attempt)
+
+    async def _heartbeat(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> None:
+        interval = self.rt.settings.heartbeat_seconds
+        while not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.wake.wait(), timeout=interval)
+            ctx.wake.clear()
+            try:
+                state = await self.rt.store.heartbeat(ctx.claim)
+                for lease in list(ctx.leases):
+                    await self.rt.slots.renew(lease)
+            except Exception as exc:  # Redis blip: the lease has slack, try again next beat
+                log.warning("heartbeat failed", job_id=ctx.claim.job_id, error=str(exc))
+                continue
+            if state in ("cancel", "lost") and not task.done():
+                ctx.stop_reason = "canceled" if state == "cancel" else "lost"
+                task.cancel()
+                return
+
+    async def _listen_cancels(self) -> None:
+        """Cancel requests arrive on a pub/sub channel so a running job stops within milliseconds."""
+        while not self._stopping.is_set():
+            try:
+                async with self.rt.redis.pubsub() as ps:
+                    await ps.subscribe(self.rt.store.keys.control)
+                    async for message in ps.listen():
+                        if message.get("type") != "message":
+                            continue
+                        job_id = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
+                        entry = self.active.get(job_id)
+                        if entry:
+                            entry[0].wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cancel listener reconnecting", error=str(exc))
+                await asyncio.sleep(1)
+
+    async def _beat(self) -> None:
+        """Announce this worker (for /health)."""
+        while True:
+            with contextlib.suppress(Exception):
+                await self.rt.redis.hset(self.rt.store.keys.workers, self.name, repr(time.time()))
+            await asyncio.sleep(max(1.0, self.rt.settings.heartbeat_seconds))
+
+
+__all__ = ["Claim", "Runner", "Worker"]

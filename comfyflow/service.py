@@ -1,0 +1,83 @@
+"""The composition root: embedded services, the runtime, the workers and (optionally) Prefect, wired together.
+
+The flows package is loaded here by name, so no module of the comfyflow package depends on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+
+from comfyflow.core.runtime import Runtime
+from comfyflow.core.worker import Runner, Worker
+from comfyflow.embedded import ServiceURLs, ensure_services
+from comfyflow.settings import Settings
+
+log = structlog.get_logger("comfyflow.service")
+
+
+@contextlib.asynccontextmanager
+async def prefect_settings(api_url: str | None) -> AsyncIterator[None]:
+    """Point Prefect's client at our server for everything run inside (never its ephemeral mode)."""
+    if api_url is None:
+        yield
+        return
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        temporary_settings,
+    )
+
+    with temporary_settings(
+        updates={
+            PREFECT_API_URL: api_url,
+            PREFECT_SERVER_EPHEMERAL_ENABLED: False,
+            PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        }
+    ):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, **overrides: Any) -> AsyncIterator[tuple[Runtime, ServiceURLs]]:
+    urls = await ensure_services(settings)
+    rt = await Runtime.open(settings, urls.redis_url, **overrides)
+    try:
+        yield rt, urls
+    finally:
+        await rt.aclose()
+
+
+@contextlib.asynccontextmanager
+async def runner_for(rt: Runtime, urls: ServiceURLs, stop: asyncio.Event) -> AsyncIterator[Runner | None]:
+    """The Prefect executor (with its UI watcher) when Prefect is enabled, else None (plain steps)."""
+    if not urls.prefect_api_url:
+        yield None
+        return
+    executor_mod = importlib.import_module("flows.executor")
+    async with prefect_settings(urls.prefect_api_url), executor_mod.PrefectExecutor() as executor:
+        watcher = asyncio.create_task(executor_mod.watch_ui(executor, rt.store, stop))
+        try:
+            yield executor
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, *, concurrency: int | None = None, **overrides: Any
+) -> None:
+    """Run one worker process until ``stop`` is set (SIGTERM): claims, renders, stores."""
+    async with open_runtime(settings, **overrides) as (rt, urls), runner_for(rt, urls, stop) as runner:
+        kwargs: dict[str, Any] = {"concurrency": concurrency}
+        if runner is not None:
+            kwargs["runner"] = runner
+        async with prefect_settings(urls.prefect_api_url):
+            await Worker(rt, **kwargs).run(stop)
