@@ -1,0 +1,265 @@
+"""Protocol corners a general fake rarely plays, against a tiny scripted ComfyUI stub on a real socket."""
+
+import asyncio
+import json
+import struct
+
+import pytest
+from aiohttp import web
+
+from comfyflow.errors import BackendUnavailable, GraphInvalid, NoOutputs
+from comfyflow.plugins.comfyui import render as render_module
+from comfyflow.plugins.comfyui.backend import ComfyUIBackend
+from comfyflow.plugins.protocols import PromptPhase
+
+GRAPH = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+}
+IMAGES = {"3": {"images": [{"filename": "x_00001_.png", "subfolder": "", "type": "output"}]}}
+
+
+def entry(status_str="success", outputs=None, messages=()):
+    return {
+        "outputs": IMAGES if outputs is None else outputs,
+        "meta": {},
+        "status": {
+            "status_str": status_str,
+            "completed": status_str == "success",
+            "messages": list(messages),
+        },
+    }
+
+
+class Stub:
+    """Scripted ComfyUI: ``on_prompt(stub, body)`` decides what a POST /prompt does."""
+
+    def __init__(self, on_prompt):
+        self.on_prompt = on_prompt
+        self.history: dict = {}
+        self.running: list = []
+        self.pending: list = []
+        self.sockets: dict = {}
+        self.requests: list = []
+        self.headers: list = []
+        app = web.Application()
+        app.router.add_get("/ws", self.ws)
+        app.router.add_post("/prompt", self.prompt)
+        app.router.add_get("/history/{pid}", self.get_history)
+        app.router.add_post("/history", self.post_any)
+        app.router.add_get("/queue", self.queue)
+        app.router.add_post("/queue", self.post_any)
+        app.router.add_post("/interrupt", self.post_any)
+        self.runner = web.AppRunner(app)
+
+    async def start(self):
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def ws(self, request):
+        self.headers.append(dict(request.headers))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets[request.query["clientId"]] = ws
+        await ws.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}})
+        async for _ in ws:
+            pass
+        return ws
+
+    async def prompt(self, request):
+        self.headers.append(dict(request.headers))
+        body = await request.json()
+        self.requests.append(("POST", "/prompt", body))
+        status, answer = await self.on_prompt(self, body)
+        if isinstance(answer, str):
+            return web.Response(status=status, text=answer)
+        return web.json_response(answer, status=status)
+
+    async def get_history(self, request):
+        pid = request.match_info["pid"]
+        return web.json_response({pid: self.history[pid]} if pid in self.history else {})
+
+    async def queue(self, request):
+        return web.json_response({"queue_running": self.running, "queue_pending": self.pending})
+
+    async def post_any(self, request):
+        self.headers.append(dict(request.headers))
+        body = await request.json()
+        self.requests.append(("POST", request.path, body))
+        if request.path == "/history":
+            for pid in body.get("delete", []):
+                self.history.pop(pid, None)
+        return web.Response()
+
+    async def send(self, body, kind, **data):
+        await self.sockets[body["client_id"]].send_json({"type": kind, "data": data})
+
+
+@pytest.fixture
+async def make():
+    made = []
+
+    async def factory(on_prompt):
+        stub = Stub(on_prompt)
+        await stub.start()
+        backend = ComfyUIBackend(stub.url)
+        made.append((stub, backend))
+        return stub, backend
+
+    yield factory
+    for stub, backend in made:
+        await backend.aclose()
+        await stub.runner.cleanup()
+
+
+class Events(list):
+    async def __call__(self, event):
+        self.append(event)
+
+
+async def test_partly_valid_prompt_is_rejected_and_removed(make):
+    async def on_prompt(stub, body):
+        return 200, {
+            "prompt_id": body["prompt_id"],
+            "number": 17,
+            "node_errors": {
+                "4": {
+                    "errors": [
+                        {
+                            "type": "required_input_missing",
+                            "message": "Required input is missing",
+                            "details": "image",
+                            "extra_info": {"input_name": "image"},
+                        }
+                    ],
+                    "dependent_outputs": ["5"],
+                    "class_type": "ImageInvert",
+                }
+            },
+        }
+
+    stub, backend = await make(on_prompt)
+    with pytest.raises(GraphInvalid, match="drop some outputs") as info:
+        await backend.render(GRAPH, "p1", on_event=Events(), stall_timeout=5)
+    assert info.value.details["nodes"][0]["node_id"] == "4"
+    posted = [(path, body) for _, path, body in stub.requests]
+    assert ("/queue", {"delete": ["p1"]}) in posted
+    assert ("/interrupt", {"prompt_id": "p1"}) in posted
+    assert ("/history", {"delete": ["p1"]}) in posted
+
+
+async def test_socket_opens_before_the_post_and_no_origin_is_sent(make):
+    async def on_prompt(stub, body):
+        assert body["client_id"] in stub.sockets, "POST /prompt came before the socket"
+        assert body["prompt_id"] == "p2" and body["prompt"] == GRAPH
+        pid = body["prompt_id"]
+        await stub.sockets[body["client_id"]].send_bytes(struct.pack(">II", 1, 2) + b"\x89PNG....")
+        await stub.send(body, "progress", value=1, max=2, prompt_id="someone-else", node="1")
+        await stub.send(body, "execution_start", prompt_id=pid, timestamp=1)
+        await stub.send(body, "progress", value=1, max=2, prompt_id=pid, node="1")
+        await stub.sockets[body["client_id"]].send_bytes(struct.pack(">II", 3, 1) + b"1text")
+        stub.history[pid] = entry()
+        await stub.send(body, "executing", node=None, prompt_id=pid)
+        return 200, {"prompt_id": pid, "number": 1, "node_errors": {}}
+
+    stub, backend = await make(on_prompt)
+    events = Events()
+    outputs = await backend.render(GRAPH, "p2", on_event=events, stall_timeout=5)
+    assert [o.filename for o in outputs] == ["x_00001_.png"]
+    assert [(e.type, e.node, e.value) for e in events] == [("started", None, None), ("progress", "1", 1)]
+    assert all("Origin" not in h for h in stub.headers)
+
+
+async def test_500_text_is_backend_unavailable(make):
+    async def on_prompt(stub, body):
+        return 500, "500 Internal Server Error\n\nServer got itself in trouble"
+
+    _, backend = await make(on_prompt)
+    with pytest.raises(BackendUnavailable, match="HTTP 500"):
+        await backend.render(GRAPH, "p3", on_event=Events(), stall_timeout=5)
+
+
+async def test_someone_elses_interrupt_is_transient(make):
+    async def on_prompt(stub, body):
+        pid = body["prompt_id"]
+        stub.history[pid] = entry(
+            "error",
+            {},
+            [
+                [
+                    "execution_interrupted",
+                    {"prompt_id": pid, "node_id": "1", "node_type": "EmptyImage", "executed": []},
+                ]
+            ],
+        )
+        await stub.send(body, "execution_interrupted", prompt_id=pid, node_id="1")
+        return 200, {"prompt_id": pid, "number": 1, "node_errors": {}}
+
+    _, backend = await make(on_prompt)
+    with pytest.raises(BackendUnavailable, match="interrupted") as info:
+        await backend.render(GRAPH, "p4", on_event=Events(), stall_timeout=5)
+    assert info.value.details["node_type"] == "EmptyImage"
+
+
+async def test_waiting_behind_others_is_not_a_stall_and_dropped_socket_is_survived(make):
+    async def finish_later(stub, pid):
+        await asyncio.sleep(0.8)  # pending, silent, far beyond the stall timeout
+        stub.pending.clear()
+        stub.running[:] = [[1, pid, {}, {}, ["3"]]]
+        for ws in list(stub.sockets.values()):
+            await ws.close()  # the socket drops while it runs
+        await asyncio.sleep(0.1)
+        stub.running.clear()
+        stub.history[pid] = entry()
+
+    async def on_prompt(stub, body):
+        stub.pending.append([1, body["prompt_id"], {}, {"client_id": body["client_id"]}, ["3"]])
+        stub.task = asyncio.create_task(finish_later(stub, body["prompt_id"]))
+        return 200, {"prompt_id": body["prompt_id"], "number": 1, "node_errors": {}}
+
+    _, backend = await make(on_prompt)
+    outputs = await backend.render(GRAPH, "p5", on_event=Events(), stall_timeout=0.3)
+    assert outputs
+
+
+async def test_a_prompt_that_vanishes_is_backend_unavailable(make, monkeypatch):
+    monkeypatch.setattr(render_module, "VANISH_GRACE", 0.2)
+
+    async def on_prompt(stub, body):  # accepted, then neither queued nor in history (a restart, a clear)
+        return 200, {"prompt_id": body["prompt_id"], "number": 1, "node_errors": {}}
+
+    _, backend = await make(on_prompt)
+    with pytest.raises(BackendUnavailable, match="disappeared"):
+        await backend.render(GRAPH, "p6", on_event=Events(), stall_timeout=0.8)
+
+
+async def test_a_failed_previous_attempt_is_forgotten_then_rerun(make):
+    async def on_prompt(stub, body):
+        pid = body["prompt_id"]
+        assert ("POST", "/history", {"delete": [pid]}) in stub.requests
+        stub.history[pid] = entry()
+        await stub.send(body, "executing", node=None, prompt_id=pid)
+        return 200, {"prompt_id": pid, "number": 2, "node_errors": {}}
+
+    stub, backend = await make(on_prompt)
+    stub.history["p7"] = entry("error", {}, [["execution_error", {"node_id": "1", "exception_type": "X"}]])
+    assert (await backend.lookup("p7")).phase is PromptPhase.FAILED
+    outputs = await backend.render(GRAPH, "p7", on_event=Events(), stall_timeout=5)
+    assert outputs
+
+
+async def test_success_without_files_is_no_outputs(make):
+    async def on_prompt(stub, body):
+        stub.history[body["prompt_id"]] = entry(outputs={})
+        return 200, {"prompt_id": body["prompt_id"], "number": 1, "node_errors": {}}
+
+    _, backend = await make(on_prompt)
+    with pytest.raises(NoOutputs):
+        await backend.render(GRAPH, "p8", on_event=Events(), stall_timeout=1)
+
+
+def test_stub_entries_are_json():
+    json.dumps(entry())
