@@ -50,6 +50,7 @@ class ComfyUIBackend:
         self._fetched_at = 0.0
         self._info_lock = asyncio.Lock()
         self._canceled: dict[str, None] = {}  # prompt ids we asked to cancel, oldest first
+        self._watches: dict[str, Watch] = {}  # renders in progress in this process, by prompt id
 
     def __repr__(self) -> str:
         return f"ComfyUIBackend({self.url!r})"
@@ -106,18 +107,23 @@ class ComfyUIBackend:
         return f"{subfolder}/{body['name']}" if subfolder else body["name"]
 
     # --- prompts --------------------------------------------------------------------------------------------
+    async def _history(self, prompt_id: str) -> PromptStatus | None:
+        history = await self._client.get_json(f"/history/{quote(prompt_id, safe='')}")
+        if isinstance(history, dict) and prompt_id in history:
+            return parse_history_entry(history[prompt_id])
+        return None  # `{}` until the prompt has finished
+
     async def _locate(self, prompt_id: str) -> tuple[PromptStatus, str | None]:
-        """History first (the truth), then the queue, then history again in case it finished in between."""
-        for attempt in range(2):
-            history = await self._client.get_json(f"/history/{quote(prompt_id, safe='')}")
-            if isinstance(history, dict) and prompt_id in history:
-                return parse_history_entry(history[prompt_id]), None
-            if attempt == 1:
-                return PromptStatus(PromptPhase.UNKNOWN), None
-            phase, client_id = find_in_queue(await self._client.get_json("/queue"), prompt_id)
-            if phase is not PromptPhase.UNKNOWN:
-                return PromptStatus(phase), client_id
-        raise AssertionError("unreachable")
+        """History first (the truth), then the queue, then history again in case it finished in between.
+
+        Returns the status and, while queued, the client id it was posted with.
+        """
+        if (finished := await self._history(prompt_id)) is not None:
+            return finished, None
+        phase, client_id = find_in_queue(await self._client.get_json("/queue"), prompt_id)
+        if phase is not PromptPhase.UNKNOWN:
+            return PromptStatus(phase), client_id
+        return (await self._history(prompt_id)) or PromptStatus(PromptPhase.UNKNOWN), None
 
     async def lookup(self, prompt_id: str) -> PromptStatus:
         return (await self._locate(prompt_id))[0]
@@ -135,9 +141,8 @@ class ComfyUIBackend:
             await self._client.post_json("/history", {"delete": [prompt_id]})
         # Attaching reuses the poster's client id, so ComfyUI sends the rest of its frames to us (fact 9).
         client_id = (client_id if attach else None) or f"comfyflow-{uuid.uuid4().hex}"
-        socket = await Socket.connect(
-            self._client, client_id
-        )  # before the POST, or the first frames are lost
+        # The socket opens before the POST: frames sent before it connects are lost.
+        socket = await Socket.connect(self._client, client_id)
         watch = Watch(
             self._client, self._locate, self._stop, prompt_id=prompt_id, client_id=client_id, graph=graph,
             on_event=on_event, stall_timeout=stall_timeout, canceled=lambda: prompt_id in self._canceled,
@@ -148,7 +153,12 @@ class ComfyUIBackend:
         except BaseException:
             await socket.close()
             raise
-        final = await watch.run(socket)
+        self._watches[prompt_id] = watch
+        try:
+            final = await watch.run(socket)
+        finally:
+            if self._watches.get(prompt_id) is watch:
+                del self._watches[prompt_id]
         if final.phase is PromptPhase.FAILED:
             raise failure(prompt_id, final.error, canceled=prompt_id in self._canceled, backend=self.url)
         return outputs_or_raise(prompt_id, final.outputs, self.url)
@@ -207,6 +217,8 @@ class ComfyUIBackend:
             status = await self.lookup(prompt_id)  # it may have started meanwhile
         if status.phase is PromptPhase.RUNNING:
             await self._client.post_json("/interrupt", {"prompt_id": prompt_id})
+        if prompt_id in self._watches:  # a render here waits on it: let it see the outcome now
+            self._watches[prompt_id].poke()
 
     # --- outputs and housekeeping ---------------------------------------------------------------------------
     async def fetch(self, ref: OutputRef, *, max_bytes: int) -> FetchedOutput:

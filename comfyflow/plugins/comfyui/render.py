@@ -22,6 +22,7 @@ from .client import ComfyUIClient
 from .outputs import as_dict
 
 _END = object()  # the socket closed
+_POKE = object()  # look at history now (we just canceled the prompt)
 _TERMINAL = ("execution_success", "execution_error", "execution_interrupted")
 VANISH_GRACE = 2.0  # seconds a prompt may be in neither queue nor history before we call it lost
 LOOKUP_RETRIES = 3
@@ -67,6 +68,9 @@ class Socket:
         if frame is _END:
             self.open = False
         return frame
+
+    def poke(self) -> None:
+        self.frames.put_nowait(_POKE)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -125,7 +129,15 @@ class Watch:
         self.prompt_id, self.client_id, self.graph = prompt_id, client_id, graph
         self.on_event, self.stall_timeout, self.canceled = on_event, stall_timeout, canceled
         self.check_every = min(2.0, max(0.05, stall_timeout / 4))
+        self.socket: Socket | None = None
+        self._poked = False
         self._now = asyncio.get_running_loop().time
+
+    def poke(self) -> None:
+        """Make the watch read history now instead of at its next periodic check."""
+        self._poked = True
+        if self.socket is not None:
+            self.socket.poke()
 
     async def run(self, socket: Socket | None) -> PromptStatus:
         """Wait until history shows the prompt SUCCEEDED or FAILED.
@@ -134,6 +146,7 @@ class Watch:
             Stalled, Canceled, BackendUnavailable.
         """
         now = self._now
+        self.socket = socket
         last_activity = last_check = now()
         ended_hint, backoff, failures = False, 0.02, 0
         unknown_since: float | None = None
@@ -153,14 +166,16 @@ class Watch:
                                 await self.on_event(event)
                             if not ended:
                                 continue
-                else:
+                    due = (
+                        ended_hint or self._poked or not socket.open or now() - last_check >= self.check_every
+                    )
+                else:  # frames were lost while it was down: read history after every (re)connect attempt
                     await asyncio.sleep(max(0.0, min(backoff, last_activity + self.stall_timeout - now())))
                     if now() >= next_reconnect:
                         socket, next_reconnect = await self._reconnect(socket), now() + 1.0
+                        self.socket = socket
+                    due = True
                 stalled = now() - last_activity >= self.stall_timeout
-                due = (
-                    ended_hint or socket is None or not socket.open or now() - last_check >= self.check_every
-                )
                 if not (due or stalled):
                     continue
                 try:
@@ -173,7 +188,7 @@ class Watch:
                     backoff = min(backoff * 2, 1.0)
                     await asyncio.sleep(backoff)
                     continue
-                last_check = now()
+                last_check, self._poked = now(), False
                 if status.phase in (PromptPhase.SUCCEEDED, PromptPhase.FAILED):
                     return status
                 if status.phase is PromptPhase.PENDING:  # waiting behind other prompts is not a stall
@@ -182,7 +197,7 @@ class Watch:
                     unknown_since = None
                 else:
                     unknown_since = unknown_since if unknown_since is not None else now()
-                    if now() - unknown_since >= VANISH_GRACE:
+                    if self.canceled() or now() - unknown_since >= VANISH_GRACE:
                         raise self._vanished()
                 if ended_hint or socket is None or not socket.open:
                     backoff = min(backoff * 2, 0.5)
@@ -190,6 +205,7 @@ class Watch:
                     await self.stop(self.prompt_id)
                     raise self._stalled(status.phase)
         finally:
+            self.socket = None
             if socket is not None:
                 await socket.close()
 

@@ -11,6 +11,7 @@ from PIL import Image
 from comfyflow.errors import (
     BackendUnavailable,
     Canceled,
+    ExecutionFailed,
     GraphInvalid,
     OutOfMemory,
     OutputTooLarge,
@@ -52,7 +53,7 @@ def pid() -> str:
 
 async def txt2img(b: ComfyUIBackend, **fields) -> dict:
     caps = await b.capabilities()
-    request = Txt2ImgRequest(prompt="a red fox", steps=3, **fields)
+    request = Txt2ImgRequest(**{"prompt": "a red fox", "steps": 3, **fields})
     return build_graph(
         request, model=request.model or default_model(caps), seed=1234, filename_prefix="t/job"
     )
@@ -116,9 +117,12 @@ async def test_a_recovered_worker_attaches_to_the_running_prompt(slow_fake):
         graph, prompt_id = await txt2img(first), pid()
         task = asyncio.create_task(first.render(graph, prompt_id, on_event=Events(), stall_timeout=5))
         await wait_for_phase(first, prompt_id, PromptPhase.RUNNING)
-        outputs = await second.render(graph, prompt_id, on_event=Events(), stall_timeout=5)
+        events = Events()
+        outputs = await second.render(graph, prompt_id, on_event=events, stall_timeout=5)
         assert outputs and outputs == await task
         assert slow_fake.prompts_posted[prompt_id] == 1
+        # it reconnected with the poster's client id, so ComfyUI sent the remaining frames to it
+        assert any(e.type == "progress" for e in events)
     finally:
         await first.aclose()
         await second.aclose()
@@ -244,3 +248,31 @@ async def test_health_and_lookup_of_an_unknown_prompt(backend, fake):
     health = await backend.health()
     assert health.ok and health.queue_remaining == 0 and health.latency_s >= 0
     assert (await backend.lookup("never-posted")).phase is PromptPhase.UNKNOWN
+
+
+async def test_a_failing_node_is_execution_failed_with_details(backend, fake):
+    graph = await txt2img(backend)
+    fake.faults.fail_node_types = {"VAEDecode"}
+    with pytest.raises(ExecutionFailed) as info:
+        await backend.render(graph, pid(), on_event=Events(), stall_timeout=5)
+    assert not isinstance(info.value, OutOfMemory)
+    details = info.value.details
+    assert details["node_id"] == "6" and details["node_type"] == "VAEDecode"
+    assert details["exception_type"] and "node 6 (VAEDecode) failed" in info.value.message
+
+
+async def test_waiting_behind_another_prompt_is_not_a_stall(slow_fake):
+    b = ComfyUIBackend(slow_fake.url)
+    try:
+        first = asyncio.create_task(b.render(await txt2img(b), pid(), on_event=Events(), stall_timeout=5))
+        second_pid = pid()
+        events = Events()
+        second = asyncio.create_task(
+            b.render(await txt2img(b, prompt="another"), second_pid, on_event=events, stall_timeout=0.8)
+        )
+        await wait_for_phase(b, second_pid, PromptPhase.PENDING)
+        assert await asyncio.wait_for(first, 5) and await asyncio.wait_for(second, 5)
+        assert second_pid not in str(slow_fake.interrupts)
+        assert any(e.type == "progress" for e in events)
+    finally:
+        await b.aclose()

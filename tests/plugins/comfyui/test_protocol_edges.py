@@ -7,10 +7,10 @@ import struct
 import pytest
 from aiohttp import web
 
-from comfyflow.errors import BackendUnavailable, GraphInvalid, NoOutputs
+from comfyflow.errors import BackendUnavailable, GraphInvalid, NoOutputs, OutputTooLarge
 from comfyflow.plugins.comfyui import render as render_module
 from comfyflow.plugins.comfyui.backend import ComfyUIBackend
-from comfyflow.plugins.protocols import PromptPhase
+from comfyflow.plugins.protocols import OutputRef, PromptPhase
 
 GRAPH = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -50,6 +50,7 @@ class Stub:
         app.router.add_get("/queue", self.queue)
         app.router.add_post("/queue", self.post_any)
         app.router.add_post("/interrupt", self.post_any)
+        app.router.add_get("/view", self.view)
         self.runner = web.AppRunner(app)
 
     async def start(self):
@@ -93,6 +94,15 @@ class Stub:
             for pid in body.get("delete", []):
                 self.history.pop(pid, None)
         return web.Response()
+
+    async def view(self, request):  # chunked: no Content-Length to check up front
+        self.requests.append(("GET", "/view", dict(request.query)))
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        for _ in range(3):
+            await resp.write(b"0123456789")
+        await resp.write_eof()
+        return resp
 
     async def send(self, body, kind, **data):
         await self.sockets[body["client_id"]].send_json({"type": kind, "data": data})
@@ -263,3 +273,21 @@ async def test_success_without_files_is_no_outputs(make):
 
 def test_stub_entries_are_json():
     json.dumps(entry())
+
+
+async def test_fetch_streams_with_a_cap_and_guesses_the_type(make):
+    async def on_prompt(stub, body):
+        raise AssertionError("not used")
+
+    stub, backend = await make(on_prompt)
+    ref = OutputRef("9", "videos", "clip_00001_.webm", "sub", "output")
+    with pytest.raises(OutputTooLarge):
+        await backend.fetch(ref, max_bytes=25)
+    fetched = await backend.fetch(ref, max_bytes=30)
+    assert fetched.data == b"0123456789" * 3
+    assert (fetched.content_type, fetched.extension) == ("video/webm", "webm")
+    assert stub.requests[-1] == (
+        "GET",
+        "/view",
+        {"filename": "clip_00001_.webm", "subfolder": "sub", "type": "output"},
+    )
