@@ -1,0 +1,228 @@
+"""The storage contract: what every ``comfyflow.storage`` plugin must do, as tests any implementation reuses.
+
+Subclass :class:`StorageContract` in a test module as ``Test<Something>`` and give it one fixture,
+``storage``, that yields an open :class:`~comfyflow.plugins.protocols.Storage` and closes it afterwards (the
+pattern of fsspec's ``tests/abstract``)::
+
+    class TestMyStorage(StorageContract):
+        @pytest.fixture
+        async def storage(self):
+            storage = MyStorage("...")
+            yield storage
+            await storage.aclose()
+
+Every test writes under its own random folder, so one storage (one bucket) may serve the whole session.
+Class attributes say what the backend can do:
+
+- ``signed_urls_expire``: signed URLs are refused once expired (checked with a 1 s URL and a 2 s wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from comfyflow.errors import NotFound, ValidationError
+from comfyflow.plugins.protocols import Storage, StoredObject
+
+BAD_KEYS = ["", "/abs/0.png", "../up.png", "a/../../b.png", "a/./b.png", "./a.png", "a//b.png", "a/",
+            "a\\b.png", "a/\x00.png", "..", "."]  # fmt: skip
+BAD_PREFIXES = ["/abs", "../up", "a//b", "a\\b", "a/../b"]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """GET over plain HTTP: (status, body); 4xx/5xx are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.asyncio
+class StorageContract:
+    """Tests every Storage passes. Subclasses provide the ``storage`` fixture."""
+
+    signed_urls_expire: bool = True
+
+    @pytest.fixture
+    def ns(self) -> str:
+        """A folder no other test uses."""
+        return f"contract-{uuid.uuid4().hex[:12]}"
+
+    async def test_is_a_storage(self, storage: Storage) -> None:
+        assert isinstance(storage, Storage)
+        assert isinstance(storage.url, str)
+
+    async def test_put_then_get_round_trips(self, storage: Storage, ns: str) -> None:
+        data = bytes(range(256)) * 41
+        await storage.put(f"{ns}/a/0.png", data, content_type="image/png")
+        assert await storage.get(f"{ns}/a/0.png") == data
+
+    async def test_put_reports_size_sha256_and_type(self, storage: Storage, ns: str) -> None:
+        data = b"\x89PNG\r\n\x1a\n" + b"\x00" * 1000
+        stored = await storage.put(f"{ns}/0.png", data, content_type="image/png")
+        assert stored == StoredObject(f"{ns}/0.png", len(data), hashlib.sha256(data).hexdigest(), "image/png")
+
+    async def test_empty_object(self, storage: Storage, ns: str) -> None:
+        stored = await storage.put(f"{ns}/empty.bin", b"", content_type="application/octet-stream")
+        assert (stored.size, stored.sha256) == (0, hashlib.sha256(b"").hexdigest())
+        assert await storage.get(f"{ns}/empty.bin") == b""
+
+    async def test_info_describes_a_stored_object(self, storage: Storage, ns: str) -> None:
+        assert await storage.info(f"{ns}/0.png") is None
+        data = b"x" * 1234
+        await storage.put(f"{ns}/0.png", data, content_type="image/png")
+        info = await storage.info(f"{ns}/0.png")
+        assert info is not None
+        assert (info.key, info.size) == (f"{ns}/0.png", 1234)
+        assert info.sha256 in ("", hashlib.sha256(data).hexdigest())  # "" when the backend keeps no digest
+        assert info.content_type
+
+    async def test_overwrite_replaces_the_whole_object(self, storage: Storage, ns: str) -> None:
+        key = f"{ns}/0.png"
+        await storage.put(key, b"long" * 1000, content_type="image/png")
+        stored = await storage.put(key, b"short", content_type="image/png")
+        assert stored.size == 5
+        assert await storage.get(key) == b"short"
+        assert (await storage.info(key)).size == 5  # type: ignore[union-attr]
+        assert await storage.list(ns) == [key]
+
+    async def test_missing_objects_are_not_found(self, storage: Storage, ns: str) -> None:
+        await storage.put(f"{ns}/folder/0.png", b"x", content_type="image/png")
+        for key in (f"{ns}/missing.png", f"{ns}/folder"):  # nothing there; a folder is not an object
+            with pytest.raises(NotFound):
+                await storage.get(key)
+            with pytest.raises(NotFound):
+                await storage.read_range(key, 0, 1)
+            assert await storage.info(key) is None
+
+    @pytest.mark.parametrize("bad", BAD_KEYS)
+    async def test_bad_keys_are_rejected(self, storage: Storage, bad: str) -> None:
+        with pytest.raises(ValidationError):
+            await storage.put(bad, b"x", content_type="image/png")
+        with pytest.raises(ValidationError):
+            await storage.get(bad)
+        with pytest.raises(ValidationError):
+            await storage.read_range(bad, 0, 1)
+        with pytest.raises(ValidationError):
+            await storage.info(bad)
+        with pytest.raises(ValidationError):
+            await storage.signed_url(bad, expires_in=60)
+
+    @pytest.mark.parametrize("bad", BAD_PREFIXES)
+    async def test_bad_prefixes_are_rejected(self, storage: Storage, bad: str) -> None:
+        with pytest.raises(ValidationError):
+            await storage.list(bad)
+        with pytest.raises(ValidationError):
+            await storage.delete_prefix(bad)
+
+    async def test_delete_prefix_refuses_the_whole_store(self, storage: Storage) -> None:
+        with pytest.raises(ValidationError):
+            await storage.delete_prefix("")
+
+    async def test_read_range(self, storage: Storage, ns: str) -> None:
+        key = f"{ns}/digits.txt"
+        await storage.put(key, b"0123456789", content_type="text/plain")
+        cases = {
+            (0, 4): b"0123",
+            (2, 5): b"234",
+            (5, 5): b"",
+            (8, 100): b"89",
+            (10, 20): b"",
+            (0, 10): b"0123456789",
+        }
+        for (start, end), expected in cases.items():
+            assert await storage.read_range(key, start, end) == expected, (start, end)
+        for start, end in ((5, 2), (-1, 3)):
+            with pytest.raises(ValidationError):
+                await storage.read_range(key, start, end)
+
+    async def test_list_is_sorted_and_scoped_to_a_folder(self, storage: Storage, ns: str) -> None:
+        keys = [f"{ns}/b/2.png", f"{ns}/a/1.png", f"{ns}/a/0.png", f"{ns}/ab/0.png", f"{ns}/c.txt"]
+        for key in random.sample(keys, len(keys)):
+            await storage.put(key, key.encode(), content_type="application/octet-stream")
+        assert await storage.list(ns) == sorted(keys)
+        assert await storage.list(f"{ns}/a") == [f"{ns}/a/0.png", f"{ns}/a/1.png"]  # not ab/...
+        assert await storage.list(f"{ns}/a/") == [f"{ns}/a/0.png", f"{ns}/a/1.png"]
+        assert await storage.list(f"{ns}/nothing-here") == []
+
+    async def test_delete_prefix_counts_and_is_idempotent(self, storage: Storage, ns: str) -> None:
+        for key in (f"{ns}/a/0.png", f"{ns}/a/sub/1.png", f"{ns}/ab/0.png"):
+            await storage.put(key, b"x", content_type="image/png")
+        assert await storage.delete_prefix(f"{ns}/a") == 2
+        assert await storage.delete_prefix(f"{ns}/a") == 0
+        assert await storage.delete_prefix(f"{ns}/never-existed") == 0
+        assert await storage.list(ns) == [f"{ns}/ab/0.png"]
+        with pytest.raises(NotFound):
+            await storage.get(f"{ns}/a/0.png")
+
+    async def test_puts_leave_no_temporary_objects(self, storage: Storage, ns: str) -> None:
+        keys = [f"{ns}/{i}.png" for i in range(5)]
+        for key in keys + keys:  # the second round overwrites
+            await storage.put(key, b"data" * 100, content_type="image/png")
+        assert await storage.list(ns) == keys
+
+    async def test_readers_never_see_a_partial_object(self, storage: Storage, ns: str) -> None:
+        key = f"{ns}/big.bin"
+        versions = [b"a" * (1 << 20), b"b" * (3 << 20)]
+        await storage.put(key, versions[0], content_type="application/octet-stream")
+        writing = True
+        reads = 0
+
+        async def reader() -> None:
+            nonlocal reads
+            while writing:
+                data = await storage.get(key)
+                assert data in versions, f"read {len(data)} bytes, a partial object"
+                reads += 1
+
+        async def writer() -> None:
+            nonlocal writing
+            try:
+                for i in range(6):
+                    await storage.put(key, versions[(i + 1) % 2], content_type="application/octet-stream")
+            finally:
+                writing = False
+
+        await asyncio.gather(writer(), reader(), reader())
+        assert reads > 0
+        assert await storage.list(ns) == [key]
+
+    async def test_concurrent_puts_leave_one_whole_object(self, storage: Storage, ns: str) -> None:
+        key = f"{ns}/race.bin"
+        payloads = [bytes([i]) * (100_000 + i) for i in range(8)]
+        await asyncio.gather(
+            *(storage.put(key, p, content_type="application/octet-stream") for p in payloads)
+        )
+        assert await storage.get(key) in payloads
+        assert await storage.list(ns) == [key]
+
+    async def test_signed_url_is_none_or_downloads_the_exact_bytes(self, storage: Storage, ns: str) -> None:
+        key = f"{ns}/0.png"
+        data = bytes(range(256)) * 10
+        await storage.put(key, data, content_type="image/png")
+        url = await storage.signed_url(key, expires_in=60)
+        if url is None:
+            return  # the API serves this storage's files behind its own signed links
+        assert url.startswith(("http://", "https://"))
+        assert await asyncio.to_thread(http_get, url) == (200, data)
+
+    async def test_signed_url_is_refused_after_expiry(self, storage: Storage, ns: str) -> None:
+        if not self.signed_urls_expire:
+            pytest.skip("this backend does not expire signed URLs")
+        key = f"{ns}/0.png"
+        await storage.put(key, b"secret", content_type="image/png")
+        url = await storage.signed_url(key, expires_in=1)
+        if url is None:
+            pytest.skip("this storage hands out no URLs")
+        await asyncio.sleep(2.1)  # signing times are whole seconds
+        status, body = await asyncio.to_thread(http_get, url)
+        assert 400 <= status < 500
+        assert body != b"secret"

@@ -1,0 +1,74 @@
+"""What only S3 (s3fs) needs: option defaults, a signer for the public endpoint, one-request head, close."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsspec.spec import AbstractFileSystem
+
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
+
+
+def is_s3(fs: AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return any(p in S3_PROTOCOLS for p in protocols)
+
+
+def prepare_options(options: dict[str, Any]) -> dict[str, Any]:
+    """s3fs options with comfyflow's defaults; the caller's values win.
+
+    - ``use_listings_cache=False``: other processes write the same bucket, a cached listing would be stale.
+    - ``signature_version="s3v4"``: presigned URLs in SigV4 (botocore presigns SigV2 for custom endpoints).
+    """
+    prepared = dict(options)
+    prepared.setdefault("use_listings_cache", False)
+    config = dict(prepared.get("config_kwargs") or {})
+    config.setdefault("signature_version", "s3v4")
+    prepared["config_kwargs"] = config
+    return prepared
+
+
+def endpoint_of(options: dict[str, Any]) -> str | None:
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    return endpoint.rstrip("/") if endpoint else None
+
+
+def public_signer(options: dict[str, Any], public_endpoint: str | None) -> AbstractFileSystem | None:
+    """A second filesystem, configured for ``public_endpoint``, used only to presign URLs.
+
+    SigV4 signs the host, so a URL made for the internal endpoint cannot be re-pointed at the public one; it
+    has to be signed for the public host. Presigning is local (no request), so this client never connects.
+
+    Returns:
+        None when no public endpoint is set or it equals the storage's endpoint (the main client signs).
+    """
+    if not public_endpoint or public_endpoint.rstrip("/") == endpoint_of(options):
+        return None
+    from s3fs import S3FileSystem
+
+    signer_options = dict(options)
+    signer_options["endpoint_url"] = public_endpoint.rstrip("/")
+    signer_options["client_kwargs"] = {
+        k: v for k, v in (options.get("client_kwargs") or {}).items() if k != "endpoint_url"
+    }
+    signer_options["skip_instance_cache"] = True
+    return S3FileSystem(**signer_options)
+
+
+async def head(fs: Any, path: str) -> dict[str, Any]:
+    """``head_object``: size, content type and user metadata in one request (s3fs ``_info`` drops metadata).
+
+    Raises:
+        FileNotFoundError: when the object does not exist (s3fs translates the 404).
+    """
+    bucket, key, _ = fs.split_path(path)
+    return await fs._call_s3("head_object", Bucket=bucket, Key=key)
+
+
+async def close(fs: Any) -> None:
+    """Close the aiobotocore client on its own loop. s3fs has no public close; its GC finalizer is a no-op
+    afterwards."""
+    creator, client = getattr(fs, "_s3creator", None), getattr(fs, "_s3", None)
+    if creator is not None and client is not None:
+        fs._s3 = None
+        await creator.__aexit__(None, None, None)

@@ -1,0 +1,165 @@
+"""The fsspec storage plugin: the storage contract on memory, a local folder and moto's S3, plus what only
+this plugin promises (S3 outages, public endpoints for presigned URLs, temporary files, config errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from comfyflow_fsspec import FsspecStorage
+
+from comfyflow.errors import ConfigError, StorageError, ValidationError
+from comfyflow.testing.moto_server import MotoS3Server
+from comfyflow.testing.storage_contract import StorageContract, http_get
+
+# The caller retries storage errors with backoff; in tests a dead endpoint must fail at once.
+FAIL_FAST = {"config_kwargs": {"retries": {"total_max_attempts": 1}, "connect_timeout": 1, "read_timeout": 5}}
+
+
+def s3_storage(moto_s3: MotoS3Server, prefix: str = "artifacts", **kwargs: object) -> FsspecStorage:
+    endpoint = moto_s3.endpoint
+    options = endpoint.storage_options(**FAIL_FAST)
+    return FsspecStorage(f"s3://{endpoint.bucket}/{prefix}", options=options, **kwargs)  # type: ignore[arg-type]
+
+
+def _files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+class TestMemoryStorage(StorageContract):
+    @pytest.fixture
+    async def storage(self) -> AsyncIterator[FsspecStorage]:
+        async with FsspecStorage(f"memory://cf-{uuid.uuid4().hex[:8]}") as storage:
+            yield storage
+
+
+class TestLocalStorage(StorageContract):
+    @pytest.fixture
+    async def storage(self, tmp_path: Path) -> AsyncIterator[FsspecStorage]:
+        async with FsspecStorage(f"file://{tmp_path}/artifacts") as storage:
+            yield storage
+
+
+class TestS3Storage(StorageContract):
+    @pytest.fixture
+    async def storage(self, moto_s3: MotoS3Server) -> AsyncIterator[FsspecStorage]:
+        async with s3_storage(moto_s3) as storage:
+            yield storage
+
+
+# --- what only this plugin promises -------------------------------------------------------------------------
+
+
+def test_entry_point_names_fsspec_storage() -> None:
+    (entry,) = entry_points(group="comfyflow.storage", name="fsspec")
+    assert entry.load() is FsspecStorage
+
+
+@pytest.mark.parametrize("url", ["nosuchproto://x", "s3://"])
+def test_unusable_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError, match="Storage URL"):
+        FsspecStorage(url, options={"anon": True} if url.startswith("s3") else None)
+
+
+async def test_closed_storage_refuses_calls() -> None:
+    storage = FsspecStorage("memory://cf-closed")
+    await storage.aclose()
+    await storage.aclose()  # a second close is harmless
+    with pytest.raises(StorageError, match="closed"):
+        await storage.put("a.png", b"x", content_type="image/png")
+
+
+@pytest.mark.parametrize("expires_in", [0, -5, 8 * 24 * 3600, 1.5])
+async def test_signed_url_lifetime_is_checked(expires_in: object) -> None:
+    async with FsspecStorage("memory://cf-lifetime") as storage:
+        with pytest.raises(ValidationError, match="lifetime"):
+            await storage.signed_url("a.png", expires_in=expires_in)  # type: ignore[arg-type]
+
+
+async def test_local_put_leaves_no_temporary_file_on_disk(tmp_path: Path) -> None:
+    async with FsspecStorage(f"file://{tmp_path}") as storage:
+        for _ in range(3):
+            await storage.put("jobs/j1/0.png", b"png" * 1000, content_type="image/png")
+    assert _files_under(tmp_path) == ["jobs/j1/0.png"]
+
+
+async def test_local_write_failure_names_the_key_and_cleans_up(tmp_path: Path) -> None:
+    async with FsspecStorage(f"file://{tmp_path}") as storage:
+        await storage.put("jobs/j1", b"a file where a folder should be", content_type="text/plain")
+        with pytest.raises(StorageError, match=r"put of key 'jobs/j1/0.png'") as caught:
+            await storage.put("jobs/j1/0.png", b"x", content_type="image/png")
+        assert caught.value.details["key"] == "jobs/j1/0.png"
+        await storage.put("jobs/j2/0.png", b"x", content_type="image/png")
+        with pytest.raises(StorageError, match=r"put of key 'jobs/j2'"):  # a folder is there
+            await storage.put("jobs/j2", b"x", content_type="image/png")
+    assert sorted(os.listdir(tmp_path / "jobs")) == ["j1", "j2"]
+    assert os.listdir(tmp_path / "jobs" / "j2") == ["0.png"]
+
+
+async def test_s3_info_returns_the_digest_and_type_recorded_at_put(moto_s3: MotoS3Server) -> None:
+    data = b"\x89PNG" + os.urandom(5000)
+    async with s3_storage(moto_s3) as storage:
+        await storage.put("jobs/digest/0.png", data, content_type="image/png")
+        info = await storage.info("jobs/digest/0.png")
+    assert info is not None
+    assert (info.sha256, info.content_type, info.size) == (
+        hashlib.sha256(data).hexdigest(),
+        "image/png",
+        len(data),
+    )
+
+
+async def test_s3_outage_is_a_fast_storage_error_then_recovers(moto_s3: MotoS3Server) -> None:
+    async with s3_storage(moto_s3) as storage:
+        await storage.put("jobs/outage/before.png", b"before", content_type="image/png")
+        moto_s3.stop()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StorageError, match=r"put of key 'jobs/outage/0.png'") as caught:
+                await storage.put("jobs/outage/0.png", b"x", content_type="image/png")
+            assert time.monotonic() - started < 3
+            assert caught.value.transient
+            with pytest.raises(StorageError):
+                await storage.get("jobs/outage/before.png")  # down is not "not found"
+        finally:
+            moto_s3.start()
+        stored = await storage.put("jobs/outage/0.png", b"after", content_type="image/png")
+        assert stored.size == 5
+        assert await storage.get("jobs/outage/before.png") == b"before"
+
+
+async def test_presigned_url_names_the_public_endpoint(moto_s3: MotoS3Server) -> None:
+    public = f"http://localhost:{moto_s3.port}"
+    async with s3_storage(moto_s3, public_endpoint=public) as storage:
+        await storage.put("jobs/public/0.png", b"public bytes", content_type="image/png")
+        url = await storage.signed_url("jobs/public/0.png", expires_in=300)
+    assert url is not None
+    parts = urlsplit(url)
+    assert (parts.hostname, parts.port) == ("localhost", moto_s3.port)
+    assert "127.0.0.1" not in url
+    query = parse_qs(parts.query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert query["X-Amz-Expires"] == ["300"]
+    assert await asyncio.to_thread(http_get, url) == (200, b"public bytes")
+
+
+async def test_presigned_url_without_public_endpoint_uses_the_storage_endpoint(moto_s3: MotoS3Server) -> None:
+    async with s3_storage(moto_s3) as storage:
+        url = await storage.signed_url("jobs/x/0.png", expires_in=60)
+    assert url is not None
+    assert url.startswith(f"{moto_s3.endpoint.endpoint_url}/{moto_s3.bucket}/artifacts/jobs/x/0.png?")
+
+
+async def test_one_storage_serves_several_event_loops(moto_s3: MotoS3Server) -> None:
+    async with s3_storage(moto_s3) as storage:
+        await storage.put("jobs/loops/0.png", b"shared", content_type="image/png")
+        # A Prefect task or a second server thread runs its own loop; the same storage object must work there.
+        assert await asyncio.to_thread(asyncio.run, storage.get("jobs/loops/0.png")) == b"shared"
