@@ -43,6 +43,24 @@ class NotFound(ComfyflowError):
     code = "NOT_FOUND"
 
 
+class Unauthorized(ComfyflowError):
+    """Raised when credentials are missing or invalid (one message for every kind of bad credential)."""
+
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(ComfyflowError):
+    """Raised when the caller is known but its role may not do this."""
+
+    code = "FORBIDDEN"
+
+
+class Gone(ComfyflowError):
+    """Raised when an artifact existed but was deleted by retention."""
+
+    code = "GONE"
+
+
 class Conflict(ComfyflowError):
     """Raised when a transition is not allowed from the job's current state."""
 
@@ -50,9 +68,13 @@ class Conflict(ComfyflowError):
 
 
 class IdempotencyConflict(ComfyflowError):
-    """Raised when an Idempotency-Key is reused with another body, or while its first request is in flight."""
+    """Raised when an Idempotency-Key is reused with another body."""
 
     code = "IDEMPOTENCY_CONFLICT"
+
+
+class IdempotencyInFlight(IdempotencyConflict):
+    """Raised when an Idempotency-Key is reused while its first request is still being handled."""
 
 
 class QuotaExceeded(ComfyflowError):

@@ -299,3 +299,18 @@ class JobEvent(BaseModel):
     id: str = Field(description="Redis stream id; send it back as Last-Event-ID to resume.")
     type: EventType
     data: dict[str, Any]
+
+
+class Role(StrEnum):
+    FREE = "free"
+    PRO = "pro"
+    INTERNAL = "internal"
+
+
+class Principal(BaseModel):
+    """Who is calling: the owner of the jobs they create, and their role."""
+
+    id: str = Field(description="Owner id: jobs, batches and uploads are scoped to it.")
+    role: Role
+    key_id: str | None = None
+    name: str | None = None

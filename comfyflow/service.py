@@ -71,13 +71,21 @@ async def runner_for(rt: Runtime, urls: ServiceURLs, stop: asyncio.Event) -> Asy
                 await watcher
 
 
-async def run_worker(
-    settings: Settings, stop: asyncio.Event, *, concurrency: int | None = None, **overrides: Any
+async def worker_loop(
+    rt: Runtime, urls: ServiceURLs, stop: asyncio.Event, *, concurrency: int | None = None, grace: float = 30.0
 ) -> None:
-    """Run one worker process until ``stop`` is set (SIGTERM): claims, renders, stores."""
-    async with open_runtime(settings, **overrides) as (rt, urls), runner_for(rt, urls, stop) as runner:
+    """Run a Worker on an open runtime until ``stop`` is set (used by run_worker and by comfyflow serve)."""
+    async with runner_for(rt, urls, stop) as runner:
         kwargs: dict[str, Any] = {"concurrency": concurrency}
         if runner is not None:
             kwargs["runner"] = runner
         async with prefect_settings(urls.prefect_api_url):
-            await Worker(rt, **kwargs).run(stop)
+            await Worker(rt, **kwargs).run(stop, grace=grace)
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, *, concurrency: int | None = None, **overrides: Any
+) -> None:
+    """Run one worker process until ``stop`` is set (SIGTERM): claims, renders, stores."""
+    async with open_runtime(settings, **overrides) as (rt, urls):
+        await worker_loop(rt, urls, stop, concurrency=concurrency)

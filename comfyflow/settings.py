@@ -71,6 +71,25 @@ class Settings(BaseSettings):
     )
     job_ttl_seconds: int = Field(default=30 * 86400, gt=0, description="How long finished job records are kept.")
 
+    # --- API ------------------------------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="Address the API binds to.")
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = Field(default=None, description="Base URL clients reach the API at (for links).")
+    max_queue_depth: int = Field(default=1000, ge=1, description="Queued jobs above which submissions get 503.")
+    sync_timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="POST /generate waits this long.")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest JSON request body.")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Largest uploaded input image.")
+    max_upload_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest uploaded image, in pixels.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty = CORS off."
+    )
+    signing_key: SecretStr | None = Field(
+        default=None, description="Key for signed artifact links; unset = generated once under the home folder."
+    )
+    artifact_url_seconds: int = Field(default=3600, ge=10, description="Lifetime of artifact links (role default).")
+    idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+
     # --- logging ------------------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
@@ -78,6 +97,13 @@ class Settings(BaseSettings):
     @field_validator("backends", mode="before")
     @classmethod
     def _split_backends(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value

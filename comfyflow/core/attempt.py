@@ -73,4 +73,4 @@ class AttemptContext:
         else:
             return
         self.job.progress = p
-        await self.progress(p, force=ev.type == "started")
+        await self.progress(p, force=ev.type == "started" or (ev.type == "progress" and ev.value == ev.max))

@@ -90,14 +90,20 @@ class QueueReader:
         return await self.try_next() if res else None
 
     async def depth(self) -> dict[str, int]:
-        """Jobs waiting per priority: entries in the stream not yet delivered to a worker."""
-        out: dict[str, int] = {}
-        for prio in PRIORITIES:
-            stream = self.keys.queue(prio)
-            length = await self.redis.xlen(stream)
-            try:
-                pending = (await self.redis.xpending(stream, GROUP))["pending"]
-            except Exception:
-                pending = 0
-            out[prio.value] = max(0, int(length) - int(pending))
-        return out
+        """Jobs waiting per priority."""
+        return await queue_depth(self.redis, self.keys)
+
+
+async def queue_depth(redis: Redis, keys: Keys) -> dict[str, int]:
+    """Jobs waiting per priority (not yet delivered to a worker), in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    for prio in PRIORITIES:
+        pipe.xlen(keys.queue(prio))
+        pipe.xpending(keys.queue(prio), GROUP)
+    res = await pipe.execute(raise_on_error=False)
+    out: dict[str, int] = {}
+    for i, prio in enumerate(PRIORITIES):
+        length, pending = res[2 * i], res[2 * i + 1]
+        pending_n = pending["pending"] if isinstance(pending, dict) else 0
+        out[prio.value] = max(0, int(length if isinstance(length, int) else 0) - int(pending_n))
+    return out

@@ -20,6 +20,8 @@ NAMES = (
     "retry",
     "promote",
     "slot_acquire",
+    "idem_begin",
+    "idem_abort",
 )
 
 

@@ -37,6 +37,12 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class SubmitOutcome:
+    outcome: str
+    job: Job | None
+
+
+@dataclass(frozen=True)
 class QueueMessage:
     stream: str
     msg_id: str
@@ -125,8 +131,19 @@ class JobStore:
         job_id: str | None = None,
         max_attempts: int | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> Job:
-        """Create a queued job for a validated request (a pydantic model). Idempotent on job_id."""
+        idempotency: tuple[str, str] | None = None,
+        daily_quota: tuple[str, int] | None = None,
+    ) -> SubmitOutcome:
+        """Create a queued job for a validated request (a pydantic model), atomically with the idempotency
+        record and the daily quota count.
+
+        Args:
+            idempotency: (redis key, body fingerprint), or None.
+            daily_quota: (counter key, limit), or None for unlimited.
+        Returns:
+            outcome "ok" (created), "existing" (same key and body), "mismatch" (same key, other body), "quota"
+            (limit reached), with the job when there is one.
+        """
         job_id = job_id or new_job_id()
         now = self.clock()
         body = request.model_dump(mode="json")
@@ -144,16 +161,23 @@ class JobStore:
             "cancel": "0",
             **(extra or {}),
         }
+        idem_key, fingerprint = idempotency or (f"{self.keys.prefix}:idem:none", "")
+        quota_key, limit = daily_quota or (f"{self.keys.prefix}:quota:none", -1)
         keys = [
             self.keys.job(job_id),
             self.keys.notify,
             self.keys.owner_jobs(owner),
             self.keys.events(job_id),
+            idem_key,
+            quota_key,
         ]
-        await self.scripts.run("submit", keys, [self.keys.prefix, now, *_pairs(fields)])
-        job = await self.get(job_id)
-        assert job is not None
-        return job
+        args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400]
+        res = await self.scripts.run("submit", keys, args + _pairs(fields))
+        outcome = _s(res[0])
+        if outcome in ("existing", "mismatch"):
+            job_id = _s(res[1])
+        job = await self.get(job_id) if outcome != "quota" else None
+        return SubmitOutcome(outcome, job)
 
     async def raw(self, job_id: str) -> dict[str, str]:
         data = await self.redis.hgetall(self.keys.job(job_id))

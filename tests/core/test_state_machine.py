@@ -70,7 +70,7 @@ class JobMachine(RuleBasedStateMachine):
 
     @rule(target=jobs, priority=st.sampled_from(["high", "normal", "low"]))
     def submit(self, priority: str) -> str:
-        job = self.run(self.store.submit(Txt2ImgRequest(prompt="x", priority=priority)))
+        job = self.run(self.store.submit(Txt2ImgRequest(prompt="x", priority=priority))).job
         self.successes[job.job_id] = 0
         return job.job_id
 

@@ -19,7 +19,8 @@ async def _store(redis: Redis, make_settings, **kw) -> JobStore:  # type: ignore
 async def test_stale_worker_cannot_overwrite_newer_attempt(redis: Redis, make_settings) -> None:  # type: ignore[no-untyped-def]
     store = await _store(redis, make_settings)
     reader = QueueReader(redis, store.keys, "w1", store.settings.priority_weights)
-    job = await store.submit(Txt2ImgRequest(prompt="fox"))
+    job = (await store.submit(Txt2ImgRequest(prompt="fox"))).job
+    assert job is not None
     first = await store.claim(await reader.try_next(), "w1")  # type: ignore[arg-type]
     assert first is not None
     assert (await Reaper(store).run_once(min_idle_ms=0)) == {"queued": 1}
@@ -38,7 +39,8 @@ async def test_stale_worker_cannot_overwrite_newer_attempt(redis: Redis, make_se
 async def test_cancel_queued_never_starts(redis: Redis, make_settings) -> None:  # type: ignore[no-untyped-def]
     store = await _store(redis, make_settings)
     reader = QueueReader(redis, store.keys, "w1", store.settings.priority_weights)
-    job = await store.submit(Txt2ImgRequest(prompt="fox"))
+    job = (await store.submit(Txt2ImgRequest(prompt="fox"))).job
+    assert job is not None
     assert await store.cancel(job.job_id) == "canceled"
     assert await reader.try_next() is None  # the message was removed with the cancel
     assert (await store.get(job.job_id)).status == JobState.CANCELED  # type: ignore[union-attr]
@@ -48,7 +50,8 @@ async def test_cancel_queued_never_starts(redis: Redis, make_settings) -> None: 
 async def test_cancel_running_is_a_request_the_worker_confirms(redis: Redis, make_settings) -> None:  # type: ignore[no-untyped-def]
     store = await _store(redis, make_settings)
     reader = QueueReader(redis, store.keys, "w1", store.settings.priority_weights)
-    job = await store.submit(Txt2ImgRequest(prompt="fox"))
+    job = (await store.submit(Txt2ImgRequest(prompt="fox"))).job
+    assert job is not None
     claim = await store.claim(await reader.try_next(), "w1")  # type: ignore[arg-type]
     assert claim is not None
     assert await store.cancel(job.job_id) == "requested"
@@ -62,7 +65,8 @@ async def test_transient_failures_retry_with_delay_then_fail_clearly(redis: Redi
     store = JobStore(redis, make_settings(max_attempts=2), clock=lambda: now[0])
     await store.ensure_groups()
     reader = QueueReader(redis, store.keys, "w1", store.settings.priority_weights)
-    job = await store.submit(Txt2ImgRequest(prompt="fox"))
+    job = (await store.submit(Txt2ImgRequest(prompt="fox"))).job
+    assert job is not None
     err = ErrorInfo(code="BACKEND_UNAVAILABLE", message="connection refused", transient=True)
     claim = await store.claim(await reader.try_next(), "w1")  # type: ignore[arg-type]
     assert await store.give_up_attempt(claim, err, delay=5) == ("queued", 2)  # type: ignore[arg-type]
@@ -85,7 +89,8 @@ async def test_transient_failures_retry_with_delay_then_fail_clearly(redis: Redi
 async def test_worker_lost_on_last_attempt_fails_with_clear_error(redis: Redis, make_settings) -> None:  # type: ignore[no-untyped-def]
     store = await _store(redis, make_settings, max_attempts=1)
     reader = QueueReader(redis, store.keys, "w1", store.settings.priority_weights)
-    job = await store.submit(Txt2ImgRequest(prompt="fox"))
+    job = (await store.submit(Txt2ImgRequest(prompt="fox"))).job
+    assert job is not None
     assert await store.claim(await reader.try_next(), "w1") is not None  # type: ignore[arg-type]
     assert await Reaper(store).run_once(min_idle_ms=0) == {"failed": 1}
     failed = await store.get(job.job_id)

@@ -1,0 +1,111 @@
+"""The Sanic app factory. One blueprint per resource; the runtime is opened once per server process."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from comfyflow.api import errors, events, files, jobs, ops
+from comfyflow.api.docs import bp as docs_bp
+from comfyflow.api.http import add_headers, assign_request_id
+from comfyflow.api.policy import OpenPolicy
+from comfyflow.core.links import Links
+from comfyflow.core.runtime import Runtime
+from comfyflow.core.submission import Submitter
+from comfyflow.settings import Settings, load_settings
+
+#: Routes that answer without credentials. Artifact links carry their own signature instead.
+PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/openapi.json"}
+SIGNED_PREFIX = "/api/v1/artifacts/"
+_names = itertools.count()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    policy: Any = None,
+    run_worker: bool = False,
+    worker_concurrency: int | None = None,
+    **runtime_overrides: Any,
+) -> Sanic:
+    """Build the API app. ``run_worker`` also runs job workers inside the server process (comfyflow serve)."""
+    settings = settings or load_settings()
+    app = Sanic(f"comfyflow_{next(_names)}", strict_slashes=False)
+    app.config.REQUEST_MAX_SIZE = max(settings.max_body_bytes, settings.max_upload_bytes) + 64 * 1024
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.config.WEBSOCKET_PING_INTERVAL = 20
+    app.config.REQUEST_TIMEOUT = 60
+    app.config.RESPONSE_TIMEOUT = max(600, int(settings.sync_timeout_seconds) + 30)
+    app.config.NOISY_EXCEPTIONS = False
+    app.ctx.settings = settings
+    app.ctx.policy = policy or OpenPolicy()
+    app.ctx.prefect_api_url = settings.prefect_api_url
+
+    for bp in (jobs.bp, events.bp, files.bp, ops.bp, docs_bp):
+        app.blueprint(bp)
+    app.error_handler.add(Exception, errors.handle)
+    app.on_request(assign_request_id, priority=100)
+    app.on_request(_authenticate, priority=90)
+    app.on_response(add_headers)
+    if settings.cors_origins:
+        app.on_request(_cors_preflight, priority=95)
+        app.on_response(_cors_headers)
+
+    @app.before_server_start
+    async def _open(app: Sanic, _: Any) -> None:
+        from comfyflow.embedded import ensure_services
+
+        urls = await ensure_services(settings)
+        app.ctx.prefect_api_url = urls.prefect_api_url
+        app.ctx.urls = urls
+        app.ctx.rt = await Runtime.open(settings, urls.redis_url, **runtime_overrides)
+        app.ctx.links = Links(settings, app.ctx.rt.storage)
+        app.ctx.submitter = Submitter(app.ctx.rt)
+        app.ctx.stop = asyncio.Event()
+        app.ctx.worker_task = None
+        if run_worker:
+            from comfyflow.service import worker_loop
+
+            app.ctx.worker_task = asyncio.create_task(
+                worker_loop(app.ctx.rt, urls, app.ctx.stop, concurrency=worker_concurrency)
+            )
+
+    @app.before_server_stop
+    async def _stop(app: Sanic, _: Any) -> None:
+        app.ctx.stop.set()
+        if app.ctx.worker_task is not None:
+            await app.ctx.worker_task
+
+    @app.after_server_stop
+    async def _close(app: Sanic, _: Any) -> None:
+        await app.ctx.rt.aclose()
+
+    return app
+
+
+async def _authenticate(request: Request) -> None:
+    path = request.path
+    if path in PUBLIC or path.startswith(SIGNED_PREFIX) or request.method == "OPTIONS":
+        return
+    request.ctx.principal = await request.app.ctx.policy.authenticate(request)
+
+
+async def _cors_preflight(request: Request) -> HTTPResponse | None:
+    if request.method == "OPTIONS" and request.headers.get("origin") in request.app.ctx.settings.cors_origins:
+        return HTTPResponse(status=204)
+    return None
+
+
+async def _cors_headers(request: Request, response: HTTPResponse) -> None:
+    origin = request.headers.get("origin")
+    if origin and origin in request.app.ctx.settings.cors_origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Location, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"

@@ -1,0 +1,107 @@
+"""Request plumbing: request ids, version headers, strict JSON bodies, CORS."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from comfyflow import __version__
+from comfyflow.errors import ComfyflowError, ValidationError
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_DEPTH = 32
+
+
+class BadBody(ComfyflowError):
+    """Raised when a body is not acceptable JSON (malformed, NaN, too deep)."""
+
+    code = "BAD_REQUEST"
+
+
+class UnsupportedMediaType(ComfyflowError):
+    """Raised when a body is sent with a content type the route does not take."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class TooLarge(ComfyflowError):
+    """Raised when a body is bigger than the route allows."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+
+async def assign_request_id(request: Request) -> None:
+    """Take a well-formed X-Request-ID from the client, or make one."""
+    given = request.headers.get("x-request-id", "")
+    request.ctx.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+async def add_headers(request: Request, response: HTTPResponse) -> None:
+    rid = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = rid
+    response.headers["X-Comfyflow-Version"] = __version__
+    response.headers["X-API-Version"] = "v1"
+    for name, value in getattr(request.ctx, "extra_headers", {}).items():
+        response.headers[name] = value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON; send a finite number")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max([_depth(v, level + 1) for v in value.values()] or [level + 1])
+    if isinstance(value, list):
+        return max([_depth(v, level + 1) for v in value] or [level + 1])
+    return level
+
+
+def json_body(request: Request, *, max_bytes: int) -> Any:
+    """The request's JSON body, strictly: application/json, no NaN/Infinity, bounded size and depth.
+
+    Raises:
+        UnsupportedMediaType (415), TooLarge (413), BadBody (400).
+    """
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type is {ctype or 'missing'!r}; send the body as application/json.",
+            details={"content_type": ctype},
+        )
+    body = request.body or b""
+    if len(body) > max_bytes:
+        raise TooLarge(f"The body has {len(body)} bytes; at most {max_bytes} are accepted.")
+    if not body.strip():
+        raise BadBody("The body is empty; send a JSON object.")
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadBody(f"The JSON is nested too deeply; at most {MAX_DEPTH} levels.") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadBody(f"The body is not valid JSON: {exc}.") from None
+    if _depth(data) > MAX_DEPTH:
+        raise BadBody(f"The JSON is nested too deeply; at most {MAX_DEPTH} levels.")
+    if not isinstance(data, dict):
+        raise ValidationError("The body must be a JSON object.", details=[{"field": "body", "message": "expected an object"}])
+    return data
+
+
+def query_int(request: Request, name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name}={raw!r} is not an integer.", details=[{"field": name, "value": raw}]) from None
+    if not lo <= value <= hi:
+        raise ValidationError(f"{name}={value} is out of range {lo}..{hi}.", details=[{"field": name, "value": value}])
+    return value

@@ -1,0 +1,183 @@
+"""Jobs: submit, read, list, cancel, retry, and the synchronous generate."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from typing import Any
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from comfyflow.api.errors import envelope
+from comfyflow.api.http import json_body, query_int
+from comfyflow.api.views import job_view
+from comfyflow.errors import Conflict, NotFound, ValidationError
+from comfyflow.models import Job, JobState, parse_request
+
+bp = Blueprint("jobs", url_prefix="/api/v1")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+async def own_job(request: Request, job_id: str) -> Job:
+    """The caller's job, or NotFound (also for other callers' jobs: their existence is not revealed)."""
+    job = await request.app.ctx.rt.store.get(job_id) if JOB_ID.match(job_id) else None
+    if job is None or job.owner != request.ctx.principal.id:
+        raise NotFound(f"No job {job_id!r} among yours.", details={"job_id": job_id})
+    return job
+
+
+async def _submit(request: Request) -> tuple[Job, bool]:
+    body = json_body(request, max_bytes=request.app.ctx.settings.max_body_bytes)
+    req = parse_request(body)
+    principal = request.ctx.principal
+    await request.app.ctx.policy.check_request(principal, req)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise ValidationError(
+            "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
+            details=[{"field": "Idempotency-Key", "value": key[:64]}],
+        )
+    limit, day = await request.app.ctx.policy.daily_limit(principal)
+    sub = await request.app.ctx.submitter.submit(
+        req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day
+    )
+    return sub.job, sub.replayed
+
+
+@bp.post("/jobs")
+async def create_job(request: Request) -> HTTPResponse:
+    job, replayed = await _submit(request)
+    headers = {"Location": f"/api/v1/jobs/{job.job_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json(await job_view(request, job), status=202, headers=headers)
+
+
+@bp.get("/jobs/<job_id:str>")
+async def get_job(request: Request, job_id: str) -> HTTPResponse:
+    return json(await job_view(request, await own_job(request, job_id)))
+
+
+def _cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}|{job_id}".encode()).decode().rstrip("=")
+
+
+def _parse_cursor(raw: str) -> tuple[float, str]:
+    try:
+        score, job_id = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode().split("|", 1)
+        return float(score), job_id
+    except Exception:
+        raise ValidationError("cursor is not one this API gave out.", details=[{"field": "cursor"}]) from None
+
+
+@bp.get("/jobs")
+async def list_jobs(request: Request) -> HTTPResponse:
+    """The caller's jobs, newest first, cursor-paginated, optionally filtered by status."""
+    limit = query_int(request, "limit", 20, lo=1, hi=100)
+    status = request.args.get("status")
+    if status is not None and status not in {s.value for s in JobState}:
+        raise ValidationError(
+            f"status={status!r} is not a job state; use one of {', '.join(s.value for s in JobState)}.",
+            details=[{"field": "status", "value": status}],
+        )
+    rt = request.app.ctx.rt
+    zkey = rt.store.keys.owner_jobs(request.ctx.principal.id)
+    max_score: Any = "+inf"
+    after_id = None
+    if request.args.get("cursor"):
+        max_score, after_id = _parse_cursor(request.args["cursor"])
+    items: list[dict[str, Any]] = []
+    next_cursor = None
+    scanned = 0
+    while len(items) < limit and scanned < 2000:
+        batch = await rt.redis.zrevrangebyscore(zkey, max_score, "-inf", start=0, num=200, withscores=True)
+        if not batch:
+            break
+        progressed = False
+        for member, score in batch:
+            jid = member.decode()
+            if after_id is not None:
+                if score == max_score and jid >= after_id:
+                    continue
+            progressed = True
+            scanned += 1
+            max_score, after_id = score, jid
+            job = await rt.store.get(jid)
+            if job is None:
+                await rt.redis.zrem(zkey, jid)
+                continue
+            if status and job.status.value != status:
+                continue
+            items.append(await job_view(request, job))
+            if len(items) == limit:
+                next_cursor = _cursor(score, jid)
+                break
+        if not progressed:
+            break
+    return json({"items": items, "next_cursor": next_cursor, "limit": limit})
+
+
+@bp.delete("/jobs/<job_id:str>")
+async def cancel_job(request: Request, job_id: str) -> HTTPResponse:
+    """Cancel: a queued job never starts; a running one is interrupted on its backend. Answers with the real
+    state, waiting a few seconds for a running job to stop."""
+    await own_job(request, job_id)
+    rt = request.app.ctx.rt
+    outcome = await rt.store.cancel(job_id)
+    job = await rt.store.get(job_id)
+    if outcome == "requested":
+        job = await wait_terminal(request, job_id, timeout=5.0) or job
+    assert job is not None
+    return json(await job_view(request, job), status=200 if job.status.terminal else 202)
+
+
+@bp.post("/jobs/<job_id:str>/retry")
+async def retry_job(request: Request, job_id: str) -> HTTPResponse:
+    await own_job(request, job_id)
+    outcome, detail = await request.app.ctx.rt.store.retry(job_id)
+    if outcome != "queued":
+        raise Conflict(
+            f"Job {job_id} is {detail}; only failed or canceled jobs can be retried.",
+            details={"status": detail},
+        )
+    job = await request.app.ctx.rt.store.get(job_id)
+    return json(await job_view(request, job), status=202, headers={"Location": f"/api/v1/jobs/{job_id}"})
+
+
+async def wait_terminal(request: Request, job_id: str, *, timeout: float) -> Job | None:
+    """Wait for the job's ``done`` event (or a terminal state) up to ``timeout`` seconds."""
+    rt = request.app.ctx.rt
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    after = "0-0"
+    while True:
+        job = await rt.store.get(job_id)
+        if job is None or job.status.terminal:
+            return job
+        left = deadline - loop.time()
+        if left <= 0:
+            return None
+        events = await rt.events.read(job_id, after, block_ms=max(1, int(min(left, 5.0) * 1000)), count=100)
+        if events:
+            after = events[-1].id
+
+
+@bp.post("/generate")
+async def generate(request: Request) -> HTTPResponse:
+    """Submit and wait up to COMFYFLOW_SYNC_TIMEOUT_SECONDS (or ?timeout= less) for the finished job; on
+    timeout, 504 with the job id, and the job keeps running."""
+    limit = request.app.ctx.settings.sync_timeout_seconds
+    timeout = float(query_int(request, "timeout", int(limit), lo=1, hi=int(limit)))
+    job, _ = await _submit(request)
+    done = await wait_terminal(request, job.job_id, timeout=timeout)
+    if done is None:
+        return envelope(
+            request, 504, "GENERATION_TIMEOUT",
+            f"The job did not finish within {timeout:.0f}s; it keeps running. Poll /api/v1/jobs/{job.job_id}.",
+            {"job_id": job.job_id, "location": f"/api/v1/jobs/{job.job_id}"},
+            headers={"Location": f"/api/v1/jobs/{job.job_id}"},
+        )  # fmt: skip
+    return json(await job_view(request, done), headers={"Location": f"/api/v1/jobs/{job.job_id}"})

@@ -1,0 +1,176 @@
+"""The ``comfyflow`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from comfyflow.errors import ComfyflowError
+from comfyflow.settings import Settings, load_settings
+
+app = typer.Typer(help="comfyflow: production image generation on ComfyUI servers.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    from comfyflow import logs
+
+    try:
+        settings = load_settings(**overrides)
+    except ComfyflowError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once (default COMFYFLOW_WORKER_CONCURRENCY).")] = None,
+) -> None:
+    """Run job workers against the configured Redis (embedded when COMFYFLOW_REDIS_URL is unset)."""
+    from comfyflow.service import run_worker
+
+    settings = _settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await run_worker(settings, stop, concurrency=concurrency)
+
+    asyncio.run(main())
+
+
+@app.command()
+def sim(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8188,
+    render_time: Annotated[float, typer.Option(help="Seconds each prompt takes.")] = 1.0,
+) -> None:
+    """Run the fake ComfyUI server alone, so comfyflow can be tried without a GPU."""
+    from comfyflow.testing.fake_comfyui import run
+
+    console.print(f"fake ComfyUI on http://{host}:{port} (render time {render_time}s); Ctrl-C to stop")
+    run(host, port, render_time)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    negative: Annotated[str, typer.Option("--negative", help="What to avoid.")] = "",
+    width: int = 512,
+    height: int = 512,
+    steps: int = 20,
+    cfg: Annotated[float, typer.Option("--cfg", help="CFG scale.")] = 7.0,
+    sampler: str = "euler",
+    scheduler: str = "normal",
+    seed: Annotated[int, typer.Option(help="-1 picks one at random.")] = -1,
+    model: Annotated[str | None, typer.Option(help="Checkpoint file name (default: the first).")] = None,
+    batch_size: int = 1,
+    simulate: Annotated[bool, typer.Option(help="Start the fake ComfyUI and render on it.")] = False,
+    render_time: Annotated[float, typer.Option(help="With --simulate: seconds per prompt.")] = 1.0,
+) -> None:
+    """Run one job in-process on the embedded defaults, show its progress, print the artifact paths."""
+    import pydantic
+
+    from comfyflow.models import Txt2ImgRequest
+
+    try:
+        request = Txt2ImgRequest(
+            prompt=prompt, negative_prompt=negative, width=width, height=height, steps=steps, cfg_scale=cfg,
+            sampler=sampler, scheduler=scheduler, seed=seed, model=model, batch_size=batch_size,
+        )  # fmt: skip
+    except pydantic.ValidationError as exc:
+        for err in exc.errors():
+            console.print(f"[red]--{'.'.join(str(p) for p in err['loc'][1:]) or 'request'}: {err['msg']}[/red]")
+        raise typer.Exit(2) from None
+    settings = _settings()
+    code = asyncio.run(_generate(settings, request, simulate=simulate, render_time=render_time))
+    raise typer.Exit(code)
+
+
+async def _generate(settings: Settings, request: Any, *, simulate: bool, render_time: float) -> int:
+    from comfyflow.core.worker import Worker
+    from comfyflow.service import open_runtime, runner_for
+
+    async with contextlib.AsyncExitStack() as stack:
+        if simulate:
+            from comfyflow.testing.fake_comfyui import FakeComfyUI
+
+            fake = await stack.enter_async_context(
+                FakeComfyUI(render_time=render_time, workdir=settings.resolved_home / "sim")
+            )
+            settings = settings.model_copy(update={"backends": [fake.url]})
+            console.print(f"fake ComfyUI on {fake.url}")
+        rt, urls = await stack.enter_async_context(open_runtime(settings))
+        if urls.prefect_api_url:
+            console.print(f"Prefect UI: {urls.prefect_api_url.removesuffix('/api')}")
+        stop = asyncio.Event()
+        runner = await stack.enter_async_context(runner_for(rt, urls, stop))
+        worker = Worker(rt, **({"runner": runner} if runner else {}))
+        worker_task = asyncio.create_task(worker.run(stop, grace=5))
+        job = (await rt.store.submit(request)).job
+        console.print(f"job {job.job_id} queued")
+        final = await _follow(rt, job.job_id)
+        stop.set()
+        await worker_task
+    if final.status.value != "succeeded":
+        err = final.error
+        console.print(f"[red]job {final.status.value}: {err.code if err else ''} {err.message if err else ''}[/red]")
+        return 1
+    root = settings.resolved_storage_url
+    for art in final.result.artifacts if final.result else []:
+        print(_local_path(root, art.key))
+    console.print(f"seed {final.result.seed if final.result else '?'}; {final.durations}")
+    return 0
+
+
+async def _follow(rt: Any, job_id: str) -> Any:
+    after = "0-0"
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console) as bar:  # fmt: skip
+        task = bar.add_task("queued", total=1.0)
+        while True:
+            for ev in await rt.events.read(job_id, after, block_ms=1000):
+                after = ev.id
+                if ev.type == "progress":
+                    desc = ev.data.get("phase", "")
+                    if ev.data.get("step"):
+                        desc += f" step {ev.data['step']}/{ev.data.get('max')}"
+                    bar.update(task, completed=ev.data.get("value", 0), description=desc)
+                elif ev.type == "status":
+                    bar.update(task, description=f"{ev.data.get('status')} (attempt {ev.data.get('attempt', '?')})")
+                elif ev.type == "done":
+                    bar.update(task, completed=1.0, description=ev.data.get("status", "done"))
+                    return await rt.store.get(job_id)
+
+
+def _local_path(root: str, key: str) -> str:
+    parts = urlsplit(root)
+    if parts.scheme in ("file", ""):
+        return str(Path(parts.path) / key)
+    return f"{root.rstrip('/')}/{key}"
+
+
+def main() -> None:
+    try:
+        app()
+    except ComfyflowError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        sys.exit(2)
