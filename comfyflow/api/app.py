@@ -37,6 +37,8 @@ def create_app(
     app = Sanic(f"comfyflow_{next(_names)}", strict_slashes=False)
     app.config.REQUEST_MAX_SIZE = max(settings.max_body_bytes, settings.max_upload_bytes) + 64 * 1024
     app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.AUTO_EXTEND = False  # our own OpenAPI document and docs page; no sanic-ext auto routes
+    app.config.OAS = False
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.REQUEST_TIMEOUT = 60
