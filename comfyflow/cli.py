@@ -174,3 +174,7 @@ def main() -> None:
     except ComfyflowError as exc:
         console.print(f"[red]{exc.message}[/red]")
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -144,18 +144,31 @@ async def _upload_input(ctx: AttemptContext, backend: Backend, upload_id: str) -
 
 
 async def acquire_step(ctx: AttemptContext, prepared: Prepared) -> SlotLease | None:
-    """Take a GPU slot on the least-loaded candidate. Adopting a previous attempt's prompt needs none: its
-    prompt already sits in that backend's queue (the dead worker's lease covers it until it expires)."""
+    """Take a GPU slot on the least-loaded candidate. Adopting a previous attempt's prompt takes over that
+    attempt's slot instead (its prompt already sits in that backend's queue), or frees it when it finished."""
+    slots = ctx.runtime.slots
     if prepared.adopt_backend:
-        await ctx.update(backend=prepared.adopt_backend, render_started_at=repr(time.time()))
-        return None
+        old = SlotLease(prepared.adopt_backend, ctx.raw["slot"]) if ctx.raw.get("slot") else None
+        lease = None
+        if prepared.adopt_phase == PromptPhase.SUCCEEDED.value:
+            if old is not None:
+                await slots.release(old)
+        elif old is not None and await slots.renew(old):
+            lease = old
+        else:
+            lease = await slots.try_acquire([prepared.adopt_backend])
+        if lease is not None:
+            ctx.leases.append(lease)
+        await ctx.update(backend=prepared.adopt_backend, render_started_at=repr(time.time()),
+                         slot=lease.token if lease else "")  # fmt: skip
+        return lease
     await ctx.progress(Progress(value=0.0, phase="waiting_for_gpu"), force=True)
     try:
-        lease = await ctx.runtime.slots.acquire(prepared.candidates, timeout=ctx.runtime.settings.render_timeout_seconds)
+        lease = await slots.acquire(prepared.candidates, timeout=ctx.runtime.settings.render_timeout_seconds)
     except TimeoutError as exc:
         raise BackendUnavailable(str(exc), details={"backends": prepared.candidates}) from exc
     ctx.leases.append(lease)
-    await ctx.update(backend=lease.backend, render_started_at=repr(time.time()))
+    await ctx.update(backend=lease.backend, render_started_at=repr(time.time()), slot=lease.token)
     return lease
 
 
