@@ -21,6 +21,21 @@ app = typer.Typer(help="comfyflow: production image generation on ComfyUI server
 console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from comfyflow import __version__
+
+        print(f"comfyflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """comfyflow: production image generation on ComfyUI servers."""
+
+
 def _settings(**overrides: Any) -> Settings:
     from comfyflow import logs
 
@@ -38,6 +53,55 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default COMFYFLOW_API_HOST, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default COMFYFLOW_API_PORT, 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Jobs this process runs at once (0 = API only).")] = None,
+    simulate: Annotated[bool, typer.Option(help="Also start the fake ComfyUI and render on it.")] = False,
+    render_time: Annotated[float, typer.Option(help="With --simulate: seconds per prompt.")] = 2.0,
+) -> None:
+    """Serve the API with embedded job workers and services: one command for a working service."""
+    import threading
+
+    from comfyflow.api.app import create_app
+    from comfyflow.testing.api_server import free_port
+
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["api_host"] = host
+    if port:
+        overrides["api_port"] = port
+    if simulate:
+        from comfyflow.testing.fake_comfyui import run as run_fake
+
+        sim_port = free_port()
+        threading.Thread(target=run_fake, args=("127.0.0.1", sim_port, render_time), daemon=True).start()
+        overrides["backends"] = [f"http://127.0.0.1:{sim_port}"]
+    settings = _settings(**overrides)
+    run_workers = workers != 0
+    app = create_app(settings, run_worker=run_workers, worker_concurrency=workers or None)
+    base = f"http://{settings.api_host}:{settings.api_port}"
+
+    @app.after_server_start
+    async def _banner(app: Any) -> None:
+        lines = [f"comfyflow API on {base} (docs {base}/docs)"]
+        if simulate:
+            lines.append(f"fake ComfyUI on {settings.backends[0]} (render time {render_time}s)")
+        else:
+            lines.append(f"ComfyUI backends: {', '.join(settings.backends)}")
+        prefect = getattr(app.ctx, "prefect_api_url", None)
+        if prefect:
+            lines.append(f"Prefect UI on {prefect.removesuffix('/api')}")
+        lines.append(f"job workers: {'on' if run_workers else 'off'}; Ctrl-C stops gracefully")
+        bootstrap = getattr(app.ctx, "bootstrap_message", None)
+        if bootstrap:
+            lines.append(bootstrap)
+        console.print("\n".join(lines))
+
+    app.run(host=settings.api_host, port=settings.api_port, single_process=True, access_log=False, motd=False)
 
 
 @app.command()

@@ -40,3 +40,5 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "prefect.client", "sanic.access"):  # a line per HTTP call is noise
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))

@@ -59,7 +59,7 @@ def create_app(
         app.on_response(_cors_headers)
 
     @app.before_server_start
-    async def _open(app: Sanic, _: Any) -> None:
+    async def _open(app: Sanic) -> None:
         from comfyflow.embedded import ensure_services
 
         urls = await ensure_services(settings)
@@ -78,13 +78,13 @@ def create_app(
             )
 
     @app.before_server_stop
-    async def _stop(app: Sanic, _: Any) -> None:
+    async def _stop(app: Sanic) -> None:
         app.ctx.stop.set()
         if app.ctx.worker_task is not None:
             await app.ctx.worker_task
 
     @app.after_server_stop
-    async def _close(app: Sanic, _: Any) -> None:
+    async def _close(app: Sanic) -> None:
         await app.ctx.rt.aclose()
 
     return app
