@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from comfyflow.cli_client import register as register_client_commands
 from comfyflow.errors import ComfyflowError
 from comfyflow.settings import Settings, load_settings
 
@@ -31,7 +32,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """comfyflow: production image generation on ComfyUI servers."""
 
@@ -106,7 +109,9 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once (default COMFYFLOW_WORKER_CONCURRENCY).")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (default COMFYFLOW_WORKER_CONCURRENCY).")
+    ] = None,
 ) -> None:
     """Run job workers against the configured Redis (embedded when COMFYFLOW_REDIS_URL is unset)."""
     from comfyflow.service import run_worker
@@ -187,9 +192,10 @@ async def _generate(settings: Settings, request: Any, *, simulate: bool, render_
             console.print(f"Prefect UI: {urls.prefect_api_url.removesuffix('/api')}")
         stop = asyncio.Event()
         runner = await stack.enter_async_context(runner_for(rt, urls, stop))
-        worker = Worker(rt, **({"runner": runner} if runner else {}))
+        worker = Worker(rt, runner=runner) if runner else Worker(rt)
         worker_task = asyncio.create_task(worker.run(stop, grace=5))
         job = (await rt.store.submit(request)).job
+        assert job is not None
         console.print(f"job {job.job_id} queued")
         final = await _follow(rt, job.job_id)
         stop.set()
@@ -230,6 +236,9 @@ def _local_path(root: str, key: str) -> str:
     if parts.scheme in ("file", ""):
         return str(Path(parts.path) / key)
     return f"{root.rstrip('/')}/{key}"
+
+
+register_client_commands(app)  # submit, status, watch, cancel, jobs: clients of a running API
 
 
 def main() -> None:

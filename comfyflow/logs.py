@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -13,7 +14,7 @@ SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|token|secret|password|cook
 SECRET_VALUES = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+|(cf_[a-z]+_)[A-Za-z0-9_]+")
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
         if SECRET_KEYS.search(key):
             event[key] = "[redacted]"
@@ -25,7 +26,9 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 def configure(level: str = "INFO", fmt: str = "console") -> None:
     """Configure structlog and the stdlib root logger once, at the edge (CLI, app factory)."""
     renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[

@@ -154,9 +154,7 @@ class RawGraphRequest(_Common):
     """A ComfyUI API-format graph, run as given (INTERNAL callers only; node classes checked)."""
 
     kind: Literal["workflow"] = "workflow"
-    workflow: dict[Annotated[str, Field(min_length=1, max_length=64)], GraphNode] = Field(
-        min_length=1, max_length=1000
-    )
+    workflow: dict[Annotated[str, Field(min_length=1, max_length=64)], GraphNode] = Field(min_length=1, max_length=1000)
 
     @field_validator("workflow")
     @classmethod

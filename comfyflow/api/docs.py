@@ -60,8 +60,16 @@ def openapi() -> dict[str, Any]:
     schemas.update(job.pop("$defs", {}))
     job["additionalProperties"] = True
     schemas["Job"] = job
-    json_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}}
-    idem = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255}}
+    json_body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
+    }
+    idem = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 255},
+    }
     obj = {"type": "object"}
     paths: dict[str, Any] = {
         "/api/v1/jobs": {
@@ -121,8 +129,11 @@ def openapi() -> dict[str, Any]:
     }  # fmt: skip
     return {
         "openapi": "3.1.0",
-        "info": {"title": "comfyflow", "version": __version__,
-                 "description": "Production image generation on ComfyUI servers."},  # fmt: skip
+        "info": {
+            "title": "comfyflow",
+            "version": __version__,
+            "description": "Production image generation on ComfyUI servers.",
+        },
         "paths": paths,
         "components": {
             "schemas": schemas,

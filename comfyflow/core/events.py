@@ -22,9 +22,11 @@ class EventLog:
         self.redis = redis
         self.keys = keys
 
-    async def read(self, job_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = 100) -> list[JobEvent]:
+    async def read(
+        self, job_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = 100
+    ) -> list[JobEvent]:
         """Events after ``after`` (a stream id, e.g. a client's Last-Event-ID), waiting up to ``block_ms``."""
-        res = await self.redis.xread({self.keys.events(job_id): after or "0-0"}, count=count, block=block_ms)
+        res: Any = await self.redis.xread({self.keys.events(job_id): after or "0-0"}, count=count, block=block_ms)
         out: list[JobEvent] = []
         for _stream, entries in res or []:
             for msg_id, fields in entries:

@@ -58,7 +58,7 @@ class QueueReader:
 
     async def _read(self, priority: Priority) -> QueueMessage | None:
         stream = self.keys.queue(priority)
-        res = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=1)
+        res: Any = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=1)
         for _name, entries in res or []:
             for msg_id, fields in entries:
                 return parse_entry(stream, msg_id, fields)
@@ -83,7 +83,7 @@ class QueueReader:
         msg = await self.try_next()
         if msg is not None:
             return msg
-        res = await self.redis.xread({self.keys.notify: self._notify_id}, count=100, block=block_ms)
+        res: Any = await self.redis.xread({self.keys.notify: self._notify_id}, count=100, block=block_ms)
         for _name, entries in res or []:
             if entries:
                 self._notify_id = _s(entries[-1][0])

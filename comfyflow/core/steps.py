@@ -125,7 +125,7 @@ async def validate_step(ctx: AttemptContext) -> Prepared:
             if isinstance(request, Img2ImgRequest):
                 input_name = await _upload_input(ctx, backend, request.init_image)
             graph = build_graph(
-                request, seed=seed, model=model, filename_prefix=f"comfyflow/{ctx.job.job_id[:12]}",
+                request, seed=seed or 0, model=model, filename_prefix=f"comfyflow/{ctx.job.job_id[:12]}",
                 input_image=input_name,
             )  # fmt: skip
         await backend.validate(graph)

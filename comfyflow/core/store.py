@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from comfyflow.core.keys import GROUP, PRIORITIES, Keys
 from comfyflow.core.scripts import Scripts
-from comfyflow.models import ErrorInfo, Job, JobResult, JobState, Progress
+from comfyflow.models import ErrorInfo, Job, JobResult, JobState, Priority, Progress
 from comfyflow.settings import Settings
 
 JSON_FIELDS = ("request", "labels", "progress", "result", "error", "last_error", "prompts")
@@ -70,7 +70,7 @@ def job_from_hash(raw: dict[str, str]) -> Job:
         status=JobState(raw["state"]),
         attempt=int(raw.get("attempt", 1)),
         max_attempts=int(raw.get("max_attempts", 1)),
-        priority=raw.get("priority", "normal"),
+        priority=Priority(raw.get("priority", "normal")),
         owner=raw.get("owner", "local"),
         request=js("request") or {},
         labels=js("labels") or [],
@@ -211,9 +211,7 @@ class JobStore:
         )
         return _s(res)  # type: ignore[return-value]
 
-    async def update(
-        self, claim: Claim, *, event: tuple[str, dict[str, Any]] | None = None, **fields: Any
-    ) -> bool:
+    async def update(self, claim: Claim, *, event: tuple[str, dict[str, Any]] | None = None, **fields: Any) -> bool:
         """Set fields of a running attempt (and emit an event). False when the attempt is no longer ours."""
         etype, edata = event if event else ("", {})
         args = [claim.attempt, claim.worker, etype, json.dumps(edata, default=str), *_pairs(fields)]

@@ -129,7 +129,7 @@ class Worker:
             if job is None:
                 return
             ctx = AttemptContext(self.rt, claim, job, raw)
-            task = asyncio.create_task(self.runner(ctx))
+            task: asyncio.Task[JobResult] = asyncio.ensure_future(self.runner(ctx))
             self.active[claim.job_id] = (ctx, task)
             hb = asyncio.create_task(self._heartbeat(ctx, task))
             try:

@@ -24,7 +24,9 @@ async def test_txt2img_end_to_end(fake, runtime_factory) -> None:  # type: ignor
     fake.render_time = 0.4
     rt = await runtime_factory(backends=[fake.url])
     async with running_worker(rt):
-        job = (await rt.store.submit(Txt2ImgRequest(prompt="a red fox", width=64, height=64, steps=4, batch_size=2))).job
+        job = (
+            await rt.store.submit(Txt2ImgRequest(prompt="a red fox", width=64, height=64, steps=4, batch_size=2))
+        ).job
         done = await wait_done(rt, job.job_id)
     assert done.status == JobState.SUCCEEDED, done.error
     assert done.result is not None and len(done.result.artifacts) == 2

@@ -28,7 +28,7 @@ def _worker_process(settings, home: Path) -> subprocess.Popen[bytes]:  # type: i
     }
     return subprocess.Popen(
         [sys.executable, "-m", "comfyflow.cli", "worker", "--concurrency", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(home / "worker.log", "ab"),  # noqa: SIM115
+        env=env, stdout=subprocess.DEVNULL, stderr=open(home / "worker.log", "ab"),
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import uuid
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from redis.asyncio import Redis
 
 from comfyflow.core.keys import GROUP, PRIORITIES

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterFlowRunId
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 from prefect.states import AwaitingRetry, Cancelling
 
 from comfyflow.core.runtime import Runtime
@@ -51,7 +51,9 @@ async def _wait_state(run_id: str, name: str, timeout: float = 15) -> Any:
     raise AssertionError(f"flow run {run_id} is {run.state.name if run.state else None}, not {name}")
 
 
-async def test_attempt_is_a_flow_run_from_the_deployment(prefect_api_url, fake, runtime_factory, server_redis_url) -> None:  # type: ignore[no-untyped-def]
+async def test_attempt_is_a_flow_run_from_the_deployment(
+    prefect_api_url, fake, runtime_factory, server_redis_url
+) -> None:  # type: ignore[no-untyped-def]
     rt = await runtime_factory(backends=[fake.url], prefect_enabled=True)
     async with prefect_worker(rt, server_redis_url, prefect_api_url) as executor:
         job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2, priority="high", labels=["demo"]))).job
@@ -71,7 +73,9 @@ async def test_attempt_is_a_flow_run_from_the_deployment(prefect_api_url, fake, 
     assert all(t.state and t.state.is_completed() for t in tasks)
 
 
-async def test_ui_retry_runs_the_next_attempt_and_succeeds(prefect_api_url, fake, runtime_factory, server_redis_url) -> None:  # type: ignore[no-untyped-def]
+async def test_ui_retry_runs_the_next_attempt_and_succeeds(
+    prefect_api_url, fake, runtime_factory, server_redis_url
+) -> None:  # type: ignore[no-untyped-def]
     fake.faults.fail_node_types = {"KSampler"}  # a runtime error: permanent, the job fails at once
     rt = await runtime_factory(backends=[fake.url], prefect_enabled=True)
     async with prefect_worker(rt, server_redis_url, prefect_api_url):
