@@ -14,6 +14,7 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from comfyflow.auth_settings import DEFAULT_GRAPH_NODES, JwtSettings, Limits
 from comfyflow.errors import ConfigError
 
 ENV_PREFIX = "COMFYFLOW_"
@@ -75,6 +76,8 @@ class Settings(BaseSettings):
         default_factory=lambda: {"high": 8, "normal": 3, "low": 1},
         description="Share of claims per priority class when all are waiting; low is never starved.",
     )
+    retention_days: float = Field(default=30, gt=0, description="Days artifacts are kept (role default).")
+    retention_sweep_seconds: float = Field(default=300, gt=0, description="How often workers sweep retention.")
     job_ttl_seconds: int = Field(default=30 * 86400, gt=0, description="How long finished job records are kept.")
 
     # --- API ------------------------------------------------------------------------------------------------
@@ -96,6 +99,20 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
 
+    # --- auth and tenancy (see comfyflow/auth_settings.py) ------------------------------------------------------
+    auth: str = Field(
+        default="apikey",
+        pattern=r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$",
+        description="Auth plugins (comfyflow.auth entry points), comma-separated, tried in order; 'none' = no auth.",
+    )
+    limits: Limits = Field(default_factory=Limits, description="Per-role limits (COMFYFLOW_LIMITS__FREE__DAILY_JOBS).")
+    graph_node_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_GRAPH_NODES),
+        description="Comma-separated node classes a raw graph may use (INTERNAL callers only).",
+    )
+    apikey_last_used_seconds: float = Field(default=60.0, ge=0, description="At most one last_used_at write per key this often.")
+    jwt: JwtSettings = Field(default_factory=JwtSettings, description="JWT scheme (COMFYFLOW_JWT__SECRET, ...).")
+
     # --- logging ------------------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
@@ -110,6 +127,13 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("graph_node_allowlist", mode="before")
+    @classmethod
+    def _split_nodes(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -148,6 +172,12 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or (self.resolved_home / "artifacts").as_uri()
+
+    @property
+    def auth_plugins(self) -> list[str]:
+        """Auth plugin names in order; empty when auth is off (COMFYFLOW_AUTH=none)."""
+        names = [n.strip() for n in self.auth.split(",") if n.strip()]
+        return [] if names == ["none"] else names
 
     @property
     def heartbeat_seconds(self) -> float:

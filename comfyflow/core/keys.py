@@ -44,6 +44,11 @@ class Keys:
         return f"{self.prefix}:slots:{digest}"
 
     @property
+    def retention(self) -> str:
+        """Sorted set of job ids whose artifacts are due for deletion, scored by due time (s)."""
+        return f"{self.prefix}:retention"
+
+    @property
     def workers(self) -> str:
         """Hash of worker id -> last heartbeat (ms)."""
         return f"{self.prefix}:workers"

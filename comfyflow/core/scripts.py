@@ -22,6 +22,7 @@ NAMES = (
     "slot_acquire",
     "idem_begin",
     "idem_abort",
+    "expire",
 )
 
 

@@ -159,6 +159,7 @@ class JobStore:
             "created_at": repr(now),
             "progress": {"value": 0, "phase": "queued"},
             "cancel": "0",
+            "retention_s": self.settings.retention_days * 86400,
             **(extra or {}),
         }
         idem_key, fingerprint = idempotency or (f"{self.keys.prefix}:idem:none", "")
@@ -237,7 +238,8 @@ class JobStore:
 
     async def _finish(self, claim: Claim, state: JobState, **fields: Any) -> bool:
         args = [claim.attempt, claim.worker, state.value, repr(self.clock()), self.ttl, *_pairs(fields)]
-        res = await self.scripts.run("finish", [self.keys.job(claim.job_id), self.keys.events(claim.job_id)], args)
+        keys = [self.keys.job(claim.job_id), self.keys.events(claim.job_id), self.keys.retention]
+        res = await self.scripts.run("finish", keys, args)
         return _s(res[0]) == "ok"
 
     async def give_up_attempt(

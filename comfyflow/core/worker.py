@@ -21,6 +21,7 @@ import structlog
 from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.queue import QueueReader
 from comfyflow.core.reaper import Reaper
+from comfyflow.core.retention import RetentionSweeper
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.steps import run_attempt
 from comfyflow.core.store import Claim, QueueMessage
@@ -69,6 +70,7 @@ class Worker:
         self.concurrency = concurrency or runtime.settings.worker_concurrency
         self.reader = QueueReader(runtime.redis, runtime.store.keys, self.name, runtime.settings.priority_weights)
         self.reaper = Reaper(runtime.store, consumer=f"reaper-{self.name}")
+        self.sweeper = RetentionSweeper(runtime)
         self.reaper_interval = reaper_interval if reaper_interval is not None else runtime.settings.lease_seconds / 2
         self.active: dict[str, tuple[AttemptContext, asyncio.Task[JobResult]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +84,7 @@ class Worker:
             asyncio.create_task(self.reaper.run_forever(self.reaper_interval, self._stopping)),
             asyncio.create_task(self._listen_cancels()),
             asyncio.create_task(self._beat()),
+            asyncio.create_task(self.sweeper.run_forever(self.rt.settings.retention_sweep_seconds, self._stopping)),
         ]
         log.info("worker started", worker=self.name, concurrency=self.concurrency)
         try:
@@ -184,6 +187,8 @@ class Worker:
         )
         delay = backoff(self.rt.settings, claim.attempt)
         outcome, attempt = await store.give_up_attempt(claim, info, delay=delay, final=final)
+        if outcome == "failed" and info.code == "STORAGE_ERROR":
+            await self.sweeper.schedule_cleanup(claim.job_id)  # remove what the store step managed to write
         ctx.log.warning("attempt failed", code=info.code, error=info.message, outcome=outcome, next_attempt=attempt)
 
     async def _heartbeat(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> None:
