@@ -126,6 +126,31 @@ def worker(
     asyncio.run(main())
 
 
+services_app = typer.Typer(help="The embedded Redis, PostgreSQL and Prefect server of this home.")
+app.add_typer(services_app, name="services")
+
+
+@services_app.command("start")
+def services_start() -> None:
+    """Start (or find) the embedded services and print their URLs."""
+    from comfyflow.embedded import ensure_services
+
+    settings = _settings()
+    urls = asyncio.run(ensure_services(settings))
+    redis_shown = urls.redis_url.split("@")[-1]
+    console.print(f"redis: {redis_shown}\nprefect: {urls.prefect_api_url or 'disabled'}")
+
+
+@services_app.command("stop")
+def services_stop() -> None:
+    """Stop this home's embedded services (data is kept)."""
+    from comfyflow.embedded import stop_services
+
+    settings = _settings()
+    stop_services(settings.resolved_home)
+    console.print(f"stopped the embedded services of {settings.resolved_home}")
+
+
 @app.command()
 def sim(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
