@@ -76,7 +76,7 @@ def _serve(home: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         _cli("serve", "--simulate", "--render-time", "1.5", "--port", str(port)),
         env=_env(home, COMFYFLOW_PREFECT_ENABLED="false", COMFYFLOW_LEASE_SECONDS="2", COMFYFLOW_AUTH="none"),
-        stdout=subprocess.DEVNULL, stderr=open(home / "serve.log", "ab"),  # noqa: SIM115
+        stdout=subprocess.DEVNULL, stderr=open(home / "serve.log", "ab"),
     )  # fmt: skip
 
 
