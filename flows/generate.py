@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
 
 from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.slots import SlotLease
@@ -58,6 +61,7 @@ async def generate(job_id: str, attempt: int) -> dict[str, Any]:
     logger = get_run_logger()
     prepared = await validate(ctx)
     lease = await acquire_slot(ctx, prepared)
+    await _tag_backend(lease.backend if lease else prepared.adopt_backend)
     rendered = await render(ctx, prepared, lease)
     result = await store(ctx, prepared, rendered)
     logger.info(
@@ -66,6 +70,19 @@ async def generate(job_id: str, attempt: int) -> dict[str, Any]:
     )  # fmt: skip
     ctx.result = result
     return {"artifacts": [a.key for a in result.artifacts], "backend": rendered.backend, "seed": result.seed}
+
+
+async def _tag_backend(backend: str | None) -> None:
+    """Tag the run with the backend it renders on, so the UI can filter runs by GPU host."""
+    run_ctx = FlowRunContext.get()
+    if backend is None or run_ctx is None or run_ctx.flow_run is None:
+        return
+    tags = [*run_ctx.flow_run.tags, f"backend:{urlsplit(backend).netloc or backend}"]
+    try:
+        async with get_client() as client:
+            await client.update_flow_run(run_ctx.flow_run.id, tags=tags)
+    except Exception as exc:  # visibility only: never fail a render over a tag
+        get_run_logger().warning("could not tag the run with its backend: %s", exc)
 
 
 def prepared_dict(p: Prepared) -> dict[str, Any]:

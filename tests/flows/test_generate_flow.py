@@ -63,7 +63,7 @@ async def test_attempt_is_a_flow_run_from_the_deployment(
     run = await _wait_state(done.flow_run_id, "Completed")
     assert run.deployment_id == executor.deployment_id
     assert run.name == f"{job.job_id[:12]}-attempt-1"
-    assert {"priority:high", "label:demo"} <= set(run.tags)
+    assert {"priority:high", "label:demo", f"backend:{fake.url.split('//')[1]}"} <= set(run.tags)
     assert run.parameters == {"job_id": job.job_id, "attempt": 1}
     async with get_client() as client:
         tasks = await client.read_task_runs(
