@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from typing import Any
@@ -54,6 +55,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON; send a finite number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf, which would be stored as null
+        raise ValueError(f"the number {text[:40]} is out of range; send a finite number")
+    return value
+
+
 def _depth(value: Any, level: int = 0) -> int:
     if level > MAX_DEPTH:
         return level
@@ -82,7 +90,7 @@ def json_body(request: Request, *, max_bytes: int) -> Any:
     if not body.strip():
         raise BadBody("The body is empty; send a JSON object.")
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise BadBody(f"The JSON is nested too deeply; at most {MAX_DEPTH} levels.") from None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -19,6 +19,7 @@ from comfyflow.models import Job, JobState, parse_request
 bp = Blueprint("jobs", url_prefix="/api/v1")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+SCAN_LIMIT = 2000  # jobs one list request reads at most; with a status filter the page may end early
 
 
 async def own_job(request: Request, job_id: str) -> Job:
@@ -88,13 +89,15 @@ async def list_jobs(request: Request) -> HTTPResponse:
     max_score: Any = "+inf"
     after_id = None
     if request.args.get("cursor"):
-        max_score, after_id = _parse_cursor(request.args["cursor"])
+        max_score, after_id = _parse_cursor(request.args.get("cursor"))  # args["cursor"] is a list in Sanic
     items: list[dict[str, Any]] = []
     next_cursor = None
     scanned = 0
-    while len(items) < limit and scanned < 2000:
+    more = True
+    while len(items) < limit and scanned < SCAN_LIMIT:
         batch = await rt.redis.zrevrangebyscore(zkey, max_score, "-inf", start=0, num=200, withscores=True)
         if not batch:
+            more = False
             break
         progressed = False
         for member, score in batch:
@@ -115,8 +118,11 @@ async def list_jobs(request: Request) -> HTTPResponse:
             if len(items) == limit:
                 next_cursor = _cursor(score, jid)
                 break
-        if not progressed:
+        if not progressed or len(batch) < 200:
+            more = False
             break
+    if next_cursor is None and more and after_id is not None:
+        next_cursor = _cursor(max_score, after_id)  # stopped scanning, not at the end: go on from here
     return json({"items": items, "next_cursor": next_cursor, "limit": limit})
 
 
@@ -160,7 +166,8 @@ async def wait_terminal(request: Request, job_id: str, *, timeout: float) -> Job
         left = deadline - loop.time()
         if left <= 0:
             return None
-        events = await rt.events.read(job_id, after, block_ms=max(1, int(min(left, 5.0) * 1000)), count=100)
+        # blocks of at most 1 s: a blocking read must end well inside the Redis client's 5 s socket timeout
+        events = await rt.events.read(job_id, after, block_ms=max(1, int(min(left, 1.0) * 1000)), count=100)
         if events:
             after = events[-1].id
 

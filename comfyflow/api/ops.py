@@ -74,7 +74,8 @@ async def health(request: Request) -> HTTPResponse:
     degraded = (
         len(backends_up) < len(deps["backends"]) or deps["prefect"]["status"] != "ok" or deps["workers"]["status"] != "ok"
     )
-    status = "unhealthy" if essential_down or not backends_up else "degraded" if degraded else "healthy"
+    # with every backend down jobs are still accepted and kept queued: degraded, not unhealthy
+    status = "unhealthy" if essential_down else "degraded" if degraded else "healthy"
     body = {"status": status, "version": __version__, "dependencies": deps}
     return json(body, status=200 if status == "healthy" else 503)
 

@@ -19,6 +19,9 @@ def free_port() -> int:
 async def serve_app(app: Sanic, host: str = "127.0.0.1", port: int | None = None) -> AsyncIterator[str]:
     """Start ``app`` with its listeners; yield its base URL; stop it gracefully (listeners included)."""
     port = port or free_port()
+    # Sanic's TouchUp rewrites its HTTP class from source at the first start in a process and cannot do it again
+    # (KeyError: 'read'); tests and benchmarks start many apps in one process, so keep the plain class.
+    app.config.TOUCHUP = False
     server = await app.create_server(host=host, port=port, return_asyncio_server=True, access_log=False)
     assert server is not None
     await server.startup()
