@@ -44,6 +44,17 @@ def _job_response(desc: str) -> dict[str, Any]:
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,19}-[0-9]{1,19}$", "description": "e.g. 1700000000000-0"}
+#: One Server-Sent Event (OpenAPI 3.1: the schema of a text/event-stream describes each event).
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "description": "Send it back as Last-Event-ID to resume after this event."},
+        "event": {"type": "string", "enum": ["status", "progress", "artifact", "done", "log"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 COMMON_ERRORS = (400, 401, 403, 404, 405, 413, 415, 422, 429, 503)
 
 
@@ -68,7 +79,7 @@ def openapi() -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "maxLength": 255},
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
     }
     obj = {"type": "object"}
     paths: dict[str, Any] = {
@@ -79,7 +90,7 @@ def openapi() -> dict[str, Any]:
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
                     "queued", "running", "succeeded", "failed", "canceled", "expired"]}},
-                {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}}],
                 "responses": {"200": {"description": "a page", "content": {"application/json": {"schema": obj}}},
                               **_errors(*COMMON_ERRORS)}},
         },
@@ -95,9 +106,11 @@ def openapi() -> dict[str, Any]:
                      "responses": {"202": _job_response("queued again"), **_errors(*COMMON_ERRORS, 409)}},
         },
         "/api/v1/jobs/{job_id}/events": {
-            "get": {"summary": "Progress as Server-Sent Events (Last-Event-ID resumes)", "parameters": [JOB_ID],
+            "get": {"summary": "Progress as Server-Sent Events (Last-Event-ID resumes)", "parameters": [JOB_ID,
+                    {"name": "Last-Event-ID", "in": "header", "schema": EVENT_ID},
+                    {"name": "last_event_id", "in": "query", "schema": EVENT_ID}],
                     "responses": {"200": {"description": "event stream",
-                                          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                          "content": {"text/event-stream": {"schema": SSE_EVENT}}},
                                   **_errors(*COMMON_ERRORS)}},
         },
         "/api/v1/generate": {
