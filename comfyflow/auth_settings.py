@@ -107,6 +107,9 @@ class Limits(BaseModel):
         return getattr(self, str(role))  # type: ignore[no-any-return]
 
 
+DEFAULT_ROLE_CLAIMS: dict[str, RoleName] = {"free": "free", "pro": "pro", "internal": "internal"}
+
+
 class JwtSettings(BaseModel):
     """The JWT bearer scheme: an HS256 shared secret or a JWKS file, and a claim that names the role."""
 
@@ -115,16 +118,17 @@ class JwtSettings(BaseModel):
     secret: SecretStr | None = Field(default=None, description="Shared secret for HS256 (at least 32 bytes).")
     jwks_file: Path | None = Field(default=None, description="JSON Web Key Set file with the public keys.")
     algorithms: list[str] = Field(
-        default_factory=list, description="Accepted algorithms; empty = HS256 with a secret, RS256/ES256/PS256/EdDSA with JWKS."
+        default_factory=list,
+        description="Accepted algorithms; empty = HS256 with a secret, RS256/ES256/PS256/EdDSA with a JWKS file.",
     )
     issuer: str | None = Field(default=None, description="Required `iss`, when set.")
     audience: str | None = Field(default=None, description="Required `aud`, when set.")
     role_claim: str = Field(default="role", description="Claim holding the role (a string or a list of strings).")
     roles: dict[str, RoleName] = Field(
-        default_factory=lambda: {"free": "free", "pro": "pro", "internal": "internal"},
+        default_factory=lambda: dict(DEFAULT_ROLE_CLAIMS),
         description="Claim value -> role. With a list claim the highest mapped role wins.",
     )
-    default_role: RoleName | None = Field(default=None, description="Role of tokens without a mapped role; unset = 401.")
+    default_role: RoleName | None = Field(default=None, description="Role of tokens with no mapped role; unset = 401.")
     leeway_seconds: int = Field(default=30, ge=0, le=600, description="Clock skew allowed on exp/nbf/iat.")
 
     @field_validator("secret")
