@@ -39,6 +39,23 @@ class Keys:
     def owner_jobs(self, owner: str) -> str:
         return f"{self.prefix}:owner:{owner}:jobs"
 
+    # The three owner keys below are also built in Lua (lib.lua owner_key): keep the two in step.
+    def owner_limits(self, owner: str) -> str:
+        """Hash of the owner's limits the worker enforces (``max_running``), written by the API's policy."""
+        return f"{self.prefix}:owner:{owner}:limits"
+
+    def owner_running(self, owner: str) -> str:
+        """Set of the owner's job ids running now."""
+        return f"{self.prefix}:owner:{owner}:running"
+
+    def owner_waiting(self, owner: str) -> str:
+        """List of the owner's queued job ids parked at its running limit, in arrival order."""
+        return f"{self.prefix}:owner:{owner}:waiting"
+
+    def ratelimit(self, owner: str) -> str:
+        """Sorted set of the owner's recent request times (sliding-window rate limit)."""
+        return f"{self.prefix}:rl:{owner}"
+
     def slots(self, backend_url: str) -> str:
         digest = hashlib.sha1(backend_url.encode()).hexdigest()[:16]
         return f"{self.prefix}:slots:{digest}"

@@ -23,9 +23,62 @@ local function enqueue(job, prefix, notify, jid, attempt, priority)
   return msg
 end
 
+-- Per-owner running limit (the role's concurrent_jobs). Keys mirror comfyflow/core/keys.py: <prefix>:owner:<owner>:
+-- limits (hash: max_running, written by the API), :running (set of the owner's running job ids), :waiting (list of
+-- job ids parked at the limit: still queued, same attempt, on no stream until one of the owner's jobs stops).
+local function owner_key(job, owner, suffix)
+  return string.match(job, '^(.-):job:') .. ':owner:' .. owner .. ':' .. suffix
+end
+
+local function owner_limit(job, owner)
+  return tonumber(redis.call('HGET', owner_key(job, owner, 'limits'), 'max_running') or '')
+end
+
+-- Whether the owner runs as many jobs as its limit allows. Forgets members that no longer run (self-healing).
+local function owner_full(job, owner)
+  if not owner or owner == '' then return false end
+  local limit = owner_limit(job, owner)
+  if not limit then return false end
+  local prefix = string.match(job, '^(.-):job:')
+  local running = owner_key(job, owner, 'running')
+  for _, jid in ipairs(redis.call('SMEMBERS', running)) do
+    if redis.call('HGET', prefix .. ':job:' .. jid, 'state') ~= 'running' then redis.call('SREM', running, jid) end
+  end
+  return redis.call('SCARD', running) >= limit
+end
+
+-- Put the owner's parked jobs back on their queues, as many as it has free running slots.
+local function owner_wake(job, owner)
+  local prefix = string.match(job, '^(.-):job:')
+  local waiting = owner_key(job, owner, 'waiting')
+  local free = (owner_limit(job, owner) or 1000) - redis.call('SCARD', owner_key(job, owner, 'running'))
+  while free > 0 do
+    local jid = redis.call('LPOP', waiting)
+    if not jid then return end
+    local jk = prefix .. ':job:' .. jid
+    local st = redis.call('HMGET', jk, 'state', 'attempt', 'priority', 'msg_id')
+    -- Skip jobs canceled (or retried onto a queue) while parked.
+    if st[1] == 'queued' and (st[4] or '') == '' and not redis.call('ZSCORE', prefix .. ':delayed', jid) then
+      enqueue(jk, prefix, prefix .. ':notify', jid, tonumber(st[2]), st[3])
+      free = free - 1
+    end
+  end
+end
+
+-- The job left the running state or the queue (finished, canceled, or given up for another attempt): free its
+-- owner's slot and wake parked jobs. Call after the job's new state is written, so it never wakes itself.
+local function owner_release(job)
+  local st = redis.call('HMGET', job, 'owner', 'id')
+  if not st[1] or st[1] == '' then return end
+  redis.call('SREM', owner_key(job, st[1], 'running'), st[2])
+  -- Also when a woken job is canceled before it ran: its turn passes to the next parked job.
+  if redis.call('LLEN', owner_key(job, st[1], 'waiting')) > 0 then owner_wake(job, st[1]) end
+end
+
 local function finish(job, evkey, state, now, ttl, extra)
   ack(job)
   redis.call('HSET', job, 'state', state, 'finished_at', now, 'worker', '')
+  owner_release(job)
   if extra then redis.call('HSET', job, unpack(extra)) end
   local attempt = tonumber(redis.call('HGET', job, 'attempt'))
   emit(evkey, 'done', {status = state, attempt = attempt})
@@ -50,6 +103,7 @@ local function requeue(job, evkey, delayed, notify, prefix, now, delay_ms, err_r
   attempt = attempt + 1
   redis.call('HSET', job, 'state', 'queued', 'attempt', tostring(attempt), 'worker', '', 'last_error', err_retry,
     'progress', cjson.encode({value = 0, phase = 'retrying'}))
+  owner_release(job)
   if delay_ms > 0 then
     local due = tonumber(now) * 1000 + delay_ms
     redis.call('ZADD', delayed, due, st[5])

@@ -1,0 +1,52 @@
+"""Per-owner request rate limits: an atomic sliding-window log in Redis (``lua/ratelimit.lua``).
+
+Exact, not approximate: at most ``limit`` requests are let through in any window, however many arrive at once,
+and on every API host (the window runs on the Redis server's clock).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from importlib.resources import files
+
+from redis.asyncio import Redis
+
+from comfyflow.core.keys import Keys
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    #: Seconds until the oldest counted request leaves the window (one more request is allowed then).
+    reset_seconds: float
+
+    def headers(self) -> dict[str, str]:
+        """The ``X-RateLimit-*`` headers (Reset in whole seconds from now)."""
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(0, self.remaining)),
+            "X-RateLimit-Reset": str(max(0, math.ceil(self.reset_seconds))),
+        }
+
+
+class RateLimiter:
+    """Counts requests per owner; open once per process (it registers its script on the client)."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, window_seconds: float = 60.0) -> None:
+        self.keys = keys
+        self.window_ms = int(window_seconds * 1000)
+        self._script = redis.register_script((files("comfyflow.core") / "lua" / "ratelimit.lua").read_text())
+
+    async def hit(self, owner: str, limit: int, *, now: float | None = None) -> Decision:
+        """Count one request of ``owner`` against ``limit`` per window, unless it is over the limit.
+
+        Args:
+            now: the time in seconds (tests); None = the Redis server's clock.
+        """
+        args = ["" if now is None else str(int(now * 1000)), str(limit), str(self.window_ms), uuid.uuid4().hex]
+        allowed, remaining, reset_ms = await self._script(keys=[self.keys.ratelimit(owner)], args=args)
+        return Decision(bool(int(allowed)), limit, int(remaining), int(reset_ms) / 1000)
