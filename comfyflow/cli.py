@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from comfyflow.cli_admin import admin_app
 from comfyflow.cli_client import register as register_client_commands
 from comfyflow.errors import ComfyflowError
 from comfyflow.settings import Settings, load_settings
@@ -128,6 +129,7 @@ def worker(
 
 services_app = typer.Typer(help="The embedded Redis, PostgreSQL and Prefect server of this home.")
 app.add_typer(services_app, name="services")
+app.add_typer(admin_app, name="admin")
 
 
 @services_app.command("start")

@@ -9,7 +9,8 @@ from typing import Any
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-from comfyflow.api import errors, events, files, jobs, ops
+from comfyflow.api import admin, errors, events, files, jobs, ops
+from comfyflow.api.auth_policy import AuthPolicy, check_auth_settings
 from comfyflow.api.docs import bp as docs_bp
 from comfyflow.api.http import add_headers, assign_request_id
 from comfyflow.api.policy import OpenPolicy
@@ -45,11 +46,15 @@ def create_app(
     app.config.RESPONSE_TIMEOUT = max(600, int(settings.sync_timeout_seconds) + 30)
     app.config.NOISY_EXCEPTIONS = False
     app.ctx.settings = settings
-    app.ctx.policy = policy or OpenPolicy()
+    if policy is None:
+        check_auth_settings(settings)  # fail at start: unknown plugin, or auth off on a public address
+    # With auth on, the AuthPolicy is built once Redis is open (_open).
+    app.ctx.policy = policy or (None if settings.auth_plugins else OpenPolicy())
     app.ctx.prefect_api_url = settings.prefect_api_url
 
     for bp in (jobs.bp, events.bp, files.bp, ops.bp, docs_bp):
         app.blueprint(bp)
+    app.blueprint(admin.bp)
     app.error_handler.add(Exception, errors.handle)
     app.on_request(assign_request_id, priority=100)
     app.on_request(_authenticate, priority=90)
@@ -66,6 +71,8 @@ def create_app(
         app.ctx.prefect_api_url = urls.prefect_api_url
         app.ctx.urls = urls
         app.ctx.rt = await Runtime.open(settings, urls.redis_url, **runtime_overrides)
+        if app.ctx.policy is None:
+            app.ctx.policy = AuthPolicy.from_runtime(app.ctx.rt)
         app.ctx.links = Links(settings, app.ctx.rt.storage)
         app.ctx.submitter = Submitter(app.ctx.rt)
         app.ctx.stop = asyncio.Event()

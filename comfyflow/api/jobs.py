@@ -43,7 +43,8 @@ async def _submit(request: Request) -> tuple[Job, bool]:
         )
     limit, day = await request.app.ctx.policy.daily_limit(principal)
     sub = await request.app.ctx.submitter.submit(
-        req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day
+        req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day,
+        extra=request.app.ctx.policy.job_fields(principal),
     )
     return sub.job, sub.replayed
 

@@ -29,6 +29,10 @@ class Policy(Protocol):
         """(daily job limit or None for unlimited, the UTC day it counts against)."""
         ...
 
+    def job_fields(self, principal: Principal) -> dict[str, Any]:
+        """Fields stored with each job this caller submits (``role``, ``retention_s``); pass as submit's extra."""
+        ...
+
 
 class OpenPolicy:
     async def authenticate(self, request: Request) -> Principal:
@@ -39,3 +43,6 @@ class OpenPolicy:
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:
         return None, datetime.now(UTC).strftime("%Y%m%d")
+
+    def job_fields(self, principal: Principal) -> dict[str, Any]:
+        return {"role": principal.role.value}

@@ -30,6 +30,7 @@ async def api_factory(make_settings: Any, server_redis_url: str, fake: FakeComfy
     async def start(*, run_worker: bool = True, policy: Any = None, **overrides: Any) -> str:
         overrides.setdefault("backends", [fake.url])
         overrides.setdefault("redis_url", server_redis_url)
+        overrides.setdefault("auth", "none")  # tests of auth turn it on (tests/auth)
         settings = make_settings(**overrides)
         app = create_app(settings, run_worker=run_worker, policy=policy)
         return await stack.enter_async_context(serve_app(app))
