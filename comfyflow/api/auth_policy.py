@@ -216,6 +216,15 @@ class AuthPolicy:
                 details={"field": "width x height", "value": w * h, "limit": limits.max_pixels, "role": role.value},
             )
 
+    async def check_batch(self, principal: Principal, size: int) -> None:
+        limit = self.limits(principal).batch_size
+        if size > limit:
+            role = principal.role.value
+            raise Forbidden(
+                f"A batch of {size} items is more than role {role} may send at once ({limit}); send smaller batches.",
+                details={"field": "items", "value": size, "limit": limit, "role": role},
+            )
+
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:
         return self.limits(principal).daily_jobs, datetime.now(UTC).strftime("%Y%m%d")
 

@@ -33,6 +33,10 @@ class Policy(Protocol):
         """Fields stored with each job this caller submits (``role``, ``retention_s``); pass as submit's extra."""
         ...
 
+    async def check_batch(self, principal: Principal, size: int) -> None:
+        """Raises Forbidden when this caller may not send a batch of ``size`` items (its role's batch size)."""
+        ...
+
 
 class OpenPolicy:
     async def authenticate(self, request: Request) -> Principal:
@@ -46,3 +50,6 @@ class OpenPolicy:
 
     def job_fields(self, principal: Principal) -> dict[str, Any]:
         return {"role": principal.role.value}
+
+    async def check_batch(self, principal: Principal, size: int) -> None:
+        return None
