@@ -152,6 +152,14 @@ class Stalled(RenderError):
     transient = True
 
 
+class DeviceFailed(RenderError):
+    """Raised when a backend's device failed (CUDA error, device lost). The backend is quarantined until it
+    passes health checks again, and the job is retried on another one. Transient."""
+
+    code = "DEVICE_ERROR"
+    transient = True
+
+
 class OutputTooLarge(RenderError):
     """Raised when an output file is bigger than the configured cap. Permanent."""
 

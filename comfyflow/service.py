@@ -80,7 +80,14 @@ async def worker_loop(
         if runner is not None:
             kwargs["runner"] = runner
         async with prefect_settings(urls.prefect_api_url):
-            await Worker(rt, **kwargs).run(stop, grace=grace)
+            worker = Worker(rt, **kwargs)
+            prober = asyncio.create_task(rt.pool.run(stop, name=worker.name))  # one process at a time probes
+            try:
+                await worker.run(stop, grace=grace)
+            finally:
+                prober.cancel()
+                with contextlib.suppress(BaseException):
+                    await prober
 
 
 async def run_worker(

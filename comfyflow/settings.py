@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     slot_lease_seconds: float = Field(
         default=30.0, gt=1, description="Expiry of a GPU slot lease; renewed by heartbeats."
     )
+    backend_probe_seconds: float = Field(default=5.0, gt=0, description="How often backends' health is probed.")
+    backend_down_after: int = Field(default=2, ge=1, le=100, description="Failed probes in a row that mark it down.")
+    backend_up_after: int = Field(default=2, ge=1, le=100, description="Passed probes in a row that bring one back.")
 
     # --- worker -------------------------------------------------------------------------------------------------
     worker_concurrency: int = Field(default=4, ge=1, le=512, description="Jobs one worker process runs at once.")

@@ -9,7 +9,7 @@ from typing import Any
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-from comfyflow.api import admin, errors, events, files, jobs, ops
+from comfyflow.api import admin, backends, errors, events, files, jobs, ops
 from comfyflow.api.auth_policy import AuthPolicy, check_auth_settings
 from comfyflow.api.docs import bp as docs_bp
 from comfyflow.api.http import add_headers, assign_request_id
@@ -55,6 +55,7 @@ def create_app(
     for bp in (jobs.bp, events.bp, files.bp, ops.bp, docs_bp):
         app.blueprint(bp)
     app.blueprint(admin.bp)
+    app.blueprint(backends.bp)  # /api/v1/backends and /api/v1/admin/backends (INTERNAL)
     app.error_handler.add(Exception, errors.handle)
     app.on_request(assign_request_id, priority=100)
     app.on_request(_authenticate, priority=90)

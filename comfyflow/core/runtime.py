@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 
 from comfyflow.core.events import EventLog
 from comfyflow.core.keys import Keys
+from comfyflow.core.pool import BackendPool
 from comfyflow.core.slots import SlotPool
 from comfyflow.core.store import JobStore
 from comfyflow.plugins import registry
@@ -41,10 +43,12 @@ class Runtime:
     store: JobStore
     events: EventLog
     slots: SlotPool
-    backends: dict[str, Backend]
+    backends: Mapping[str, Backend]
     storage: Storage
     staging: Path
     extras: dict[str, Any] = field(default_factory=dict)
+    #: The backends: configured and registered at run time, with health and capabilities (core/pool.py).
+    pool: BackendPool = field(default=None)  # type: ignore[assignment]
 
     @classmethod
     async def open(cls, settings: Settings, redis_url: str, **overrides: Any) -> Runtime:
@@ -53,19 +57,21 @@ class Runtime:
         keys = Keys(settings.key_prefix)
         store = JobStore(redis, settings)
         await store.ensure_groups()
-        backends = overrides.pop("backends", None) or {u: make_backend(settings, u) for u in settings.backends}
-        slots = SlotPool(
-            redis, keys, {u: settings.backend_slots for u in backends}, lease_seconds=settings.slot_lease_seconds
-        )
+        slots = SlotPool(redis, keys, {}, lease_seconds=settings.slot_lease_seconds)
+        pool = BackendPool(
+            redis, keys, settings, lambda url: make_backend(settings, url), slots=slots,
+            prebuilt=overrides.pop("backends", None),
+        )  # fmt: skip
         storage = overrides.pop("storage", None) or make_storage(settings)
         staging = settings.resolved_home / "staging"
         staging.mkdir(parents=True, exist_ok=True)
-        return cls(settings, redis, store, EventLog(redis, keys), slots, backends, storage, staging, **overrides)
+        return cls(
+            settings, redis, store, EventLog(redis, keys), slots, pool.backends, storage, staging, pool=pool,
+            **overrides,
+        )  # fmt: skip
 
     async def aclose(self) -> None:
-        for backend in self.backends.values():
-            with contextlib.suppress(Exception):
-                await backend.aclose()
+        await self.pool.aclose()
         with contextlib.suppress(Exception):
             await self.storage.aclose()
         await self.redis.aclose()

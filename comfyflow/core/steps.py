@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfyflow.core import routing
 from comfyflow.core.attempt import AttemptContext, prompt_id_for
+from comfyflow.core.pool import is_device_error, requirement_for
 from comfyflow.core.slots import SlotLease
 from comfyflow.core.storing import store_outputs
-from comfyflow.errors import BackendUnavailable, ExecutionFailed, OutOfMemory, Stalled
+from comfyflow.errors import BackendUnavailable, DeviceFailed, ExecutionFailed, GraphInvalid, OutOfMemory, Stalled
 from comfyflow.models import Img2ImgRequest, JobResult, Progress, RawGraphRequest, parse_request
 from comfyflow.plugins.comfyui.templates import build_graph, default_model
 from comfyflow.plugins.protocols import Backend, PromptPhase
@@ -82,13 +84,27 @@ async def _find_previous(ctx: AttemptContext) -> tuple[str, str, PromptPhase] | 
     return None
 
 
-def _candidates(ctx: AttemptContext) -> list[str]:
-    """All backends, minus the one whose transient failure ended the previous attempt (if others exist)."""
-    urls = list(ctx.runtime.backends)
+def _failed_backend(ctx: AttemptContext) -> str | None:
+    """The backend whose transient failure ended the previous attempt (avoided when another can run the job)."""
     last = _json_field(ctx.raw, "last_error") or {}
-    bad = (last.get("details") or {}).get("backend") if isinstance(last.get("details"), dict) else None
-    others = [u for u in urls if u != bad]
-    return others or urls
+    details = last.get("details")
+    return details.get("backend") if isinstance(details, dict) else None
+
+
+async def _candidates(ctx: AttemptContext, graph: dict[str, Any]) -> list[str]:
+    """The healthy backends that have the graph's models, node classes and the job's ``backend:`` labels.
+
+    Raises:
+        GraphInvalid: no backend of the pool has them (checked again with fresh capabilities first).
+        BackendUnavailable: the backends that have them are down or quarantined (transient).
+    """
+    pool, avoid = ctx.runtime.pool, _failed_backend(ctx)
+    states = await routing.described(pool)
+    req = requirement_for(graph, job_labels=ctx.job.labels, known_models=(await pool.view()).model_names)
+    try:
+        return routing.candidates(states, req, avoid=avoid)
+    except GraphInvalid:  # a model may have been added since the backends were described
+        return routing.candidates(await routing.described(pool, refresh=True), req, avoid=avoid)
 
 
 async def validate_step(ctx: AttemptContext) -> Prepared:
@@ -107,28 +123,37 @@ async def validate_step(ctx: AttemptContext) -> Prepared:
         if not ctx.raw.get("seed"):
             await ctx.update(seed=seed)
     previous = await _find_previous(ctx)
-    candidates = _candidates(ctx)
+    model: str | None = None
+    prefix = f"comfyflow/{ctx.job.job_id[:12]}"
+    if isinstance(request, RawGraphRequest):
+        draft = request.model_dump(mode="json")["workflow"]
+    else:
+        model = request.model
+        if not model:
+            labels = requirement_for({}, job_labels=ctx.job.labels, known_models=frozenset()).labels
+            caps = routing.default_checkpoint_source(await routing.described(ctx.runtime.pool), labels)
+            if caps is None:
+                raise BackendUnavailable("No backend answered with its models; the job is retried.")
+            model = default_model(caps)
+        placeholder = "comfyflow_pending.png" if isinstance(request, Img2ImgRequest) else None
+        draft = build_graph(request, seed=seed or 0, model=model, filename_prefix=prefix, input_image=placeholder)
+    candidates = await _candidates(ctx, draft)
     order = ([previous[0]] if previous else []) + [c for c in candidates if not previous or c != previous[0]]
     last_exc: Exception | None = None
     for url in order:
         backend = ctx.runtime.backends[url]
+        graph, input_name = draft, None
         try:
-            caps = await backend.capabilities()
-        except BackendUnavailable as exc:
-            last_exc = exc
-            continue
-        input_name = None
-        if isinstance(request, RawGraphRequest):
-            graph, model = request.model_dump(mode="json")["workflow"], None
-        else:
-            model = request.model or default_model(caps)
             if isinstance(request, Img2ImgRequest):
                 input_name = await _upload_input(ctx, backend, request.init_image)
-            graph = build_graph(
-                request, seed=seed or 0, model=model, filename_prefix=f"comfyflow/{ctx.job.job_id[:12]}",
-                input_image=input_name,
-            )  # fmt: skip
-        await backend.validate(graph)
+                graph = build_graph(
+                    request, seed=seed or 0, model=model, filename_prefix=prefix, input_image=input_name
+                )
+            await backend.validate(graph)
+        except BackendUnavailable as exc:
+            last_exc = exc
+            await ctx.runtime.pool.report_failure(url, exc)
+            continue
         prepared = Prepared(graph, seed, model, candidates, url, input_name=input_name)
         if previous:
             prepared.adopt_backend, prepared.adopt_prompt_id, prepared.adopt_phase = previous
@@ -162,11 +187,12 @@ async def acquire_step(ctx: AttemptContext, prepared: Prepared) -> SlotLease | N
         await ctx.update(backend=prepared.adopt_backend, render_started_at=repr(time.time()),
                          slot=lease.token if lease else "")  # fmt: skip
         return lease
+    if ctx.raw.get("slot") and ctx.raw.get("backend"):  # a crashed attempt's slot, not adopted: free it now
+        await slots.release(SlotLease(ctx.raw["backend"], ctx.raw["slot"]))
     await ctx.progress(Progress(value=0.0, phase="waiting_for_gpu"), force=True)
-    try:
-        lease = await slots.acquire(prepared.candidates, timeout=ctx.runtime.settings.render_timeout_seconds)
-    except TimeoutError as exc:
-        raise BackendUnavailable(str(exc), details={"backends": prepared.candidates}) from exc
+    lease = await routing.acquire(
+        ctx.runtime.pool, slots, prepared.candidates, timeout=ctx.runtime.settings.render_timeout_seconds
+    )
     ctx.leases.append(lease)
     await ctx.update(backend=lease.backend, render_started_at=repr(time.time()), slot=lease.token)
     return lease
@@ -207,9 +233,10 @@ async def _render(ctx: AttemptContext, backend: Backend, prepared: Prepared, pid
     settings = ctx.runtime.settings
     try:
         async with asyncio.timeout(settings.render_timeout_seconds):
-            return await backend.render(
+            render = backend.render(
                 prepared.graph, pid, on_event=ctx.on_render_event, stall_timeout=settings.stall_timeout_seconds
             )
+            return await ctx.runtime.pool.guard(backend.url, pid, render)  # moves it if the backend is drained
     except asyncio.CancelledError:
         if ctx.stop_reason == "canceled":  # only a user's cancel stops the GPU; a lost or shut-down worker
             with contextlib.suppress(Exception):  # leaves the prompt running for the next attempt to adopt
@@ -233,6 +260,18 @@ async def _render(ctx: AttemptContext, backend: Backend, prepared: Prepared, pid
             ) from exc
         exc.details = {**(exc.details if isinstance(exc.details, dict) else {}), "backend": backend.url}
         raise
+    except BackendUnavailable as exc:
+        await ctx.runtime.pool.report_failure(backend.url, exc)  # a passive health check
+        raise
+    except ExecutionFailed as exc:
+        if not is_device_error(exc):
+            raise
+        await ctx.runtime.pool.quarantine(backend.url, exc.message[:300])
+        raise DeviceFailed(
+            f"the GPU of {backend.url} failed ({exc.message[:300]}); the backend is quarantined until it passes "
+            "health checks again, and the job moves to another backend",
+            details={**(exc.details if isinstance(exc.details, dict) else {}), "backend": backend.url},
+        ) from exc
 
 
 async def _fetch_all(ctx: AttemptContext, backend: Backend, pid: str, outputs: list[Any], cap: int) -> list[Staged]:
