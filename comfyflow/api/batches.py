@@ -77,6 +77,7 @@ async def create_batch(request: Request) -> HTTPResponse:
     principal = request.ctx.principal
     batch_id = new_batch_id()
     items = expand(spec, batch_id=batch_id, max_items=settings.max_batch_items)
+    await ctx.policy.check_batch(principal, len(items))  # the role's batch size (403)
     checked: set[str] = set()
     uploads: set[str] = set()
     for req in items:

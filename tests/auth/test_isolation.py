@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from PIL import Image
@@ -34,6 +36,8 @@ async def test_key_a_cannot_touch_key_bs_job(auth_api: Any, http: aiohttp.Client
     a, b = await api.key(Role.PRO, "alice"), await api.key(Role.PRO, "bob")
     job = await _job(http, api, b)
     assert job["status"] == "succeeded" and job["result"]["artifacts"]
+    expires = int(parse_qs(urlsplit(job["result"]["artifacts"][0]["url"]).query)["expires"][0])
+    assert abs(expires - (time.time() + 86400)) < 60  # a PRO caller's links live 24 h
     jid = job["job_id"]
     attempts = [
         ("GET", f"/api/v1/jobs/{jid}"),

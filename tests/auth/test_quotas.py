@@ -121,3 +121,21 @@ async def test_a_parked_job_can_be_canceled(
     final = snapshots[-1]
     assert [final[i].status for i in ids] == [JobState.SUCCEEDED, JobState.CANCELED, JobState.SUCCEEDED]
     await redis.aclose()
+
+
+async def test_batches_obey_the_role_batch_size_and_count_each_item(auth_api: Any, http: aiohttp.ClientSession) -> None:
+    api = await auth_api(run_worker=False, limits={**FAST, "free": {"requests_per_minute": 10_000, "batch_size": 20}})
+    free, pro = await api.key(Role.FREE), await api.key(Role.PRO)
+
+    async def batch(key: str, n: int) -> tuple[int, Any]:
+        body = {"base": TINY, "sweep": {"seed": list(range(1, n + 1))}}
+        async with http.post(api.url("/api/v1/batches"), json=body, headers=auth(key)) as r:
+            return r.status, await r.json()
+
+    assert (await batch(pro, 4))[0] == 202
+    status, answer = await batch(pro, 5)
+    assert status == 403 and answer["error"]["details"]["limit"] == 4
+    status, answer = await batch(free, 11)  # within FREE's (raised) batch size, over its daily 10 jobs
+    assert status == 402 and answer["error"]["code"] == "QUOTA_EXCEEDED"
+    assert (await batch(free, 10))[0] == 202  # each item counts: the day's quota is now used up
+    assert (await _submit(http, api, free))[0] == 402

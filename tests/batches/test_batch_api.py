@@ -150,6 +150,9 @@ class HeaderPolicy:
     def job_fields(self, principal: Principal) -> dict[str, Any]:
         return {"role": principal.role.value}
 
+    async def check_batch(self, principal: Principal, size: int) -> None:
+        return None
+
 
 async def test_batches_are_the_callers_own_and_count_against_the_daily_quota(api_factory, http) -> None:  # type: ignore[no-untyped-def]
     base = await api_factory(run_worker=False, policy=HeaderPolicy())
