@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from comfyflow.cli_admin import admin_app
+from comfyflow.cli_batch import batch_app
 from comfyflow.cli_client import register as register_client_commands
 from comfyflow.errors import ComfyflowError
 from comfyflow.settings import Settings, load_settings
@@ -89,6 +90,14 @@ def serve(
     app = create_app(settings, run_worker=run_workers, worker_concurrency=workers or None)
     base = f"http://{settings.api_host}:{settings.api_port}"
 
+    @app.before_server_start
+    async def _bootstrap(app: Any) -> None:
+        from comfyflow.api.admin import bootstrap_first_key, bootstrap_message
+
+        key = await bootstrap_first_key(app.ctx.rt)
+        if key:
+            app.ctx.bootstrap_message = bootstrap_message(key, base)
+
     @app.after_server_start
     async def _banner(app: Any) -> None:
         lines = [f"comfyflow API on {base} (docs {base}/docs)"]
@@ -130,6 +139,7 @@ def worker(
 services_app = typer.Typer(help="The embedded Redis, PostgreSQL and Prefect server of this home.")
 app.add_typer(services_app, name="services")
 app.add_typer(admin_app, name="admin")
+app.add_typer(batch_app, name="batch")
 
 
 @services_app.command("start")

@@ -10,6 +10,7 @@ import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -73,6 +74,24 @@ class _Common(BaseModel):
     labels: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=20, description="Free-form strings kept with the job."
     )
+    webhook: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="http(s) URL notified (signed, per Standard Webhooks) when the job starts, passes 25/50/75 %, "
+        "and ends; see GET /api/v1/jobs/{id}/webhooks.",
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+            raise ValueError(f"webhook {value[:100]!r} must be an http or https URL, e.g. https://example.com/hooks")
+        if parts.username or parts.password:
+            raise ValueError("webhook must not carry credentials in the URL; verify the signature instead")
+        return value
 
 
 def _check_text(value: str, field: str) -> str:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from comfyflow.auth_settings import DEFAULT_GRAPH_NODES, JwtSettings, Limits
 from comfyflow.errors import ConfigError
+from comfyflow.webhook_settings import WebhookSettings
 
 ENV_PREFIX = "COMFYFLOW_"
 
@@ -116,9 +117,16 @@ class Settings(BaseSettings):
     apikey_last_used_seconds: float = Field(default=60.0, ge=0, description="At most one last_used_at write per key this often.")
     jwt: JwtSettings = Field(default_factory=JwtSettings, description="JWT scheme (COMFYFLOW_JWT__SECRET, ...).")
 
+    # --- observability and notifications (see comfyflow/metrics.py, comfyflow/core/webhooks/) ----------------
+    metrics_flush_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often a process adds its metric increments to Redis."
+    )
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings, description="COMFYFLOW_WEBHOOKS__SECRET, ...")
+
     # --- logging ------------------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["console", "json"] = "console"
+    #: auto = JSON unless stderr is a terminal (production logs are JSON, a developer's terminal is readable).
+    log_format: Literal["console", "json", "auto"] = "auto"
 
     @field_validator("backends", mode="before")
     @classmethod

@@ -90,6 +90,8 @@ class PrefectExecutor:
         if reuse:  # the UI's Retry: run the same flow run again (it waits in AwaitingRetry)
             return await self.client.read_flow_run(UUID(reuse))
         tags = [f"priority:{job.priority.value}", f"owner:{job.owner}", *[f"label:{lab}" for lab in job.labels[:5]]]
+        if ctx.raw.get("request_id"):  # the API request that submitted the job (X-Request-ID), findable in the UI
+            tags.append(f"request:{ctx.raw['request_id']}")
         return await self.client.create_flow_run_from_deployment(
             self.deployment_id,
             parameters={"job_id": job.job_id, "attempt": attempt},

@@ -59,6 +59,7 @@ async def generate(job_id: str, attempt: int) -> dict[str, Any]:
             "POST /api/v1/jobs/{id}/retry instead of running this deployment with a Prefect worker."
         )
     logger = get_run_logger()
+    logger.info("job %s attempt %s (request %s)", job_id, attempt, ctx.raw.get("request_id") or "-")
     prepared = await validate(ctx)
     lease = await acquire_slot(ctx, prepared)
     await _tag_backend(lease.backend if lease else prepared.adopt_backend)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,44 @@ def test_serve_and_graceful_shutdown_lose_no_job(home: Path) -> None:
                 break
             time.sleep(0.3)
         assert set(states.values()) == {"succeeded"}, states
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def test_first_serve_prints_one_internal_key_that_works(home: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            _cli("serve", "--simulate", "--port", str(port)),
+            env=_env(home, COMFYFLOW_PREFECT_ENABLED="false"),
+            stdout=subprocess.DEVNULL, stderr=open(home / "serve.log", "ab"),
+        )  # fmt: skip
+
+    proc = start()
+    try:
+        _wait_up(base, proc, home)
+        time.sleep(0.5)
+        log = (home / "serve.log").read_text()
+        keys = [w for w in log.split() if w.startswith("cf_live_")]
+        assert keys, log[-2000:]
+        key = keys[0]
+        with pytest.raises(urllib.error.HTTPError) as info:
+            _get(f"{base}/api/v1/jobs")
+        assert info.value.code == 401
+        req = urllib.request.Request(f"{base}/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.loads(r.read())["role"] == "internal"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        (home / "serve.log").write_text("")
+        proc = start()
+        _wait_up(base, proc, home)
+        time.sleep(0.5)
+        assert "cf_live_" not in (home / "serve.log").read_text(), "the key is printed only on the first start"
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ from typing import Any
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-from comfyflow.api import admin, backends, errors, events, files, jobs, ops
+from comfyflow.api import access, admin, backends, errors, events, files, jobs, metrics, ops, webhooks
 from comfyflow.api.auth_policy import AuthPolicy, check_auth_settings
 from comfyflow.api.docs import bp as docs_bp
 from comfyflow.api.http import add_headers, assign_request_id
@@ -56,10 +56,14 @@ def create_app(
         app.blueprint(bp)
     app.blueprint(admin.bp)
     app.blueprint(backends.bp)  # /api/v1/backends and /api/v1/admin/backends (INTERNAL)
+    app.blueprint(metrics.bp)  # /metrics: authenticated like any route; the fleet's numbers (comfyflow/metrics.py)
+    app.blueprint(webhooks.bp)
     app.error_handler.add(Exception, errors.handle)
     app.on_request(assign_request_id, priority=100)
     app.on_request(_authenticate, priority=90)
     app.on_response(add_headers)
+    metrics.install(app)  # HTTP request metrics
+    access.install(app)  # request_id / principal bound for the logs; one access log line per request
     if settings.cors_origins:
         app.on_request(_cors_preflight, priority=95)
         app.on_response(_cors_headers)

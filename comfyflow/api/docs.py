@@ -129,6 +129,23 @@ def openapi() -> dict[str, Any]:
         },
         "/api/v1/models": {"get": {"summary": "Models the backends offer", "responses": {
             "200": {"description": "models", "content": {"application/json": {"schema": obj}}}, **_errors(401)}}},
+        "/api/v1/jobs/{job_id}/webhooks": {
+            "get": {"summary": "The job's webhook deliveries, each with all its tries", "parameters": [JOB_ID],
+                    "responses": {"200": {"description": "deliveries",
+                                          "content": {"application/json": {"schema": obj}}},
+                                  **_errors(*COMMON_ERRORS)}},
+        },
+        "/api/v1/jobs/{job_id}/webhooks/{delivery_id}/replay": {
+            "post": {"summary": "Send a webhook delivery again", "parameters": [JOB_ID, {
+                "name": "delivery_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                     "responses": {"202": {"description": "due again",
+                                           "content": {"application/json": {"schema": obj}}},
+                                   **_errors(*COMMON_ERRORS)}},
+        },
+        "/metrics": {"get": {"summary": "Prometheus metrics of the whole fleet", "responses": {
+            "200": {"description": "text exposition format 0.0.4",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            **_errors(401, 403)}}},
         "/health": {"get": {"summary": "Every dependency", "security": [], "responses": {
             "200": {"description": "healthy", "content": {"application/json": {"schema": obj}}},
             "503": {"description": "degraded", "content": {"application/json": {"schema": obj}}}}}},

@@ -13,6 +13,7 @@ from sanic.response import HTTPResponse, json
 from comfyflow.api.errors import envelope
 from comfyflow.api.http import json_body, query_int
 from comfyflow.api.views import job_view
+from comfyflow.core.webhooks.targets import check_target
 from comfyflow.errors import Conflict, NotFound, ValidationError
 from comfyflow.models import Job, JobState, parse_request
 
@@ -41,10 +42,12 @@ async def _submit(request: Request) -> tuple[Job, bool]:
             "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
             details=[{"field": "Idempotency-Key", "value": key[:64]}],
         )
+    if req.webhook:  # refused at once when it points at a private address (checked again at each delivery)
+        await check_target(req.webhook, request.app.ctx.settings.webhooks.allow_networks)
     limit, day = await request.app.ctx.policy.daily_limit(principal)
     sub = await request.app.ctx.submitter.submit(
         req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day,
-        extra=request.app.ctx.policy.job_fields(principal),
+        extra={**request.app.ctx.policy.job_fields(principal), "request_id": request.ctx.request_id},
     )
     return sub.job, sub.replayed
 

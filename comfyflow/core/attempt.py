@@ -41,15 +41,30 @@ class AttemptContext:
     _last_progress: float = 0.0
     _last_node: str | None = None
     first_progress_at: float | None = None
+    #: Noted from this attempt's own writes (``update``), for the metrics and the log context: the backend it
+    #: runs on, and when (monotonic) its render started and finished.
+    backend: str | None = None
+    render_started: float | None = None
+    render_finished: float | None = None
 
     @property
     def log(self) -> Any:
-        return structlog.get_logger("comfyflow.worker").bind(job_id=self.job.job_id, attempt=self.claim.attempt)
+        context = {"request_id": self.raw.get("request_id"), "backend": self.backend}
+        return structlog.get_logger("comfyflow.worker").bind(
+            job_id=self.job.job_id, attempt=self.claim.attempt, **{k: v for k, v in context.items() if v}
+        )
 
     async def update(self, *, event: tuple[str, dict[str, Any]] | None = None, **fields: Any) -> None:
         """Write fields of this attempt; raise LeaseLost if it is not ours any more."""
         if not await self.runtime.store.update(self.claim, event=event, **fields):
             raise LeaseLost(f"attempt {self.claim.attempt} of job {self.job.job_id} is no longer held by this worker")
+        if fields.get("backend"):
+            self.backend = str(fields["backend"])
+            structlog.contextvars.bind_contextvars(backend=self.backend)
+        if fields.get("render_started_at"):
+            self.render_started, self.render_finished = time.monotonic(), None
+        if fields.get("render_finished_at"):
+            self.render_finished = time.monotonic()
 
     async def progress(self, progress: Progress, *, force: bool = False) -> None:
         """Report progress; throttled to ~10 writes a second unless the node changes or ``force``."""

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from comfyflow.core.events import EventLog
 from comfyflow.core.keys import Keys
 from comfyflow.core.pool import BackendPool
+from comfyflow.core.recorder import Recorder
 from comfyflow.core.slots import SlotPool
 from comfyflow.core.store import JobStore
 from comfyflow.plugins import registry
@@ -47,8 +48,15 @@ class Runtime:
     storage: Storage
     staging: Path
     extras: dict[str, Any] = field(default_factory=dict)
+    #: This process's metric increments, added to the fleet's totals in Redis (comfyflow/metrics.py).
+    metrics: Recorder = field(default=None)  # type: ignore[assignment]
     #: The backends: configured and registered at run time, with health and capabilities (core/pool.py).
     pool: BackendPool = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.metrics is None:
+            interval = self.settings.metrics_flush_seconds
+            self.metrics = Recorder(self.redis, self.settings.key_prefix, interval=interval)
 
     @classmethod
     async def open(cls, settings: Settings, redis_url: str, **overrides: Any) -> Runtime:
@@ -74,4 +82,5 @@ class Runtime:
         await self.pool.aclose()
         with contextlib.suppress(Exception):
             await self.storage.aclose()
+        await self.metrics.aclose()
         await self.redis.aclose()

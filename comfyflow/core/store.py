@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from comfyflow.core.keys import GROUP, PRIORITIES, Keys
 from comfyflow.core.scripts import Scripts
+from comfyflow.metrics import size_class
 from comfyflow.models import ErrorInfo, Job, JobResult, JobState, Priority, Progress
 from comfyflow.settings import Settings
 
@@ -160,6 +161,8 @@ class JobStore:
             "progress": {"value": 0, "phase": "queued"},
             "cancel": "0",
             "retention_s": self.settings.retention_days * 86400,
+            "size": size_class(body),  # the latency SLO's image size class (comfyflow/metrics.py)
+            **({"webhook": body["webhook"]} if body.get("webhook") else {}),  # watched by core/webhooks
             **(extra or {}),
         }
         idem_key, fingerprint = idempotency or (f"{self.keys.prefix}:idem:none", "")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from comfyflow import metrics
 from comfyflow.errors import StorageError
 from comfyflow.models import Artifact, JobResult
 from comfyflow.plugins.protocols import StoredObject
@@ -39,6 +40,7 @@ async def _put_verified(ctx: AttemptContext, key: str, data: bytes, content_type
         stop=stop_after_delay(timeout),
         wait=wait_exponential(multiplier=0.2, max=5),
         reraise=True,
+        after=lambda _: ctx.runtime.metrics.add(metrics.STORAGE_ERRORS),  # every failed or unverified write
     ):
         with attempt:
             stored = await storage.put(key, data, content_type=content_type)
@@ -48,6 +50,7 @@ async def _put_verified(ctx: AttemptContext, key: str, data: bytes, content_type
                     f"bytes (sha256 {sha256[:12]})",
                     details={"key": key},
                 )
+    ctx.runtime.metrics.add(metrics.STORAGE_BYTES, value=len(data))
     return stored
 
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import pydantic
 import structlog
 
+from comfyflow.core import telemetry
 from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.queue import QueueReader
 from comfyflow.core.reaper import Reaper
@@ -25,6 +26,7 @@ from comfyflow.core.retention import RetentionSweeper
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.steps import run_attempt
 from comfyflow.core.store import Claim, QueueMessage
+from comfyflow.core.webhooks import WebhookService
 from comfyflow.errors import ComfyflowError, LeaseLost
 from comfyflow.models import ErrorInfo, JobResult
 
@@ -86,6 +88,8 @@ class Worker:
             asyncio.create_task(self._beat()),
             asyncio.create_task(self.sweeper.run_forever(self.rt.settings.retention_sweep_seconds, self._stopping)),
         ]
+        if self.rt.settings.webhooks.enabled:  # signed job notifications (comfyflow/core/webhooks/)
+            bg.append(asyncio.create_task(WebhookService(self.rt).run_forever(self._stopping)))
         log.info("worker started", worker=self.name, concurrency=self.concurrency)
         try:
             while not stop.is_set():
@@ -131,6 +135,9 @@ class Worker:
             job = await self.rt.store.get(claim.job_id)
             if job is None:
                 return
+            # Bound once for every log line of this attempt (this task and the ones it starts).
+            rid = {"request_id": raw["request_id"]} if raw.get("request_id") else {}
+            structlog.contextvars.bind_contextvars(job_id=claim.job_id, attempt=claim.attempt, **rid)
             ctx = AttemptContext(self.rt, claim, job, raw)
             task: asyncio.Task[JobResult] = asyncio.ensure_future(self.runner(ctx))
             self.active[claim.job_id] = (ctx, task)
@@ -139,6 +146,7 @@ class Worker:
                 await self._finish(ctx, task)
             finally:
                 hb.cancel()
+                telemetry.attempt_done(ctx)
                 self.active.pop(claim.job_id, None)
                 for lease in list(ctx.leases):
                     with contextlib.suppress(Exception):
@@ -177,6 +185,7 @@ class Worker:
 
     async def _failed(self, ctx: AttemptContext, exc: BaseException) -> None:
         info = classify(exc)
+        telemetry.attempt_failed(ctx, info)
         store, claim = self.rt.store, ctx.claim
         if not info.transient:
             await store.fail(claim, info)

@@ -18,7 +18,7 @@ from comfyflow_fsspec import FsspecStorage
 
 from comfyflow.errors import ConfigError, StorageError, ValidationError
 from comfyflow.testing.moto_server import MotoS3Server
-from comfyflow.testing.storage_contract import StorageContract, http_get
+from comfyflow.testing.storage_contract import ExpiringSignedUrlContract, StorageContract, http_get
 
 # The caller retries storage errors with backoff; in tests a dead endpoint must fail at once.
 FAIL_FAST = {"config_kwargs": {"retries": {"total_max_attempts": 1}, "connect_timeout": 1, "read_timeout": 5}}
@@ -48,7 +48,7 @@ class TestLocalStorage(StorageContract):
             yield storage
 
 
-class TestS3Storage(StorageContract):
+class TestS3Storage(StorageContract, ExpiringSignedUrlContract):
     @pytest.fixture
     async def storage(self, moto_s3: MotoS3Server) -> AsyncIterator[FsspecStorage]:
         async with s3_storage(moto_s3) as storage:

@@ -7,6 +7,7 @@ CI), extra tests replay their requests against the fake and compare frame sequen
 from __future__ import annotations
 
 import asyncio
+import gzip
 import heapq
 import json
 import os
@@ -25,8 +26,8 @@ from PIL import Image
 
 from comfyflow.testing.fake_comfyui import TEXT_500, FakeComfyUI, Faults
 
-CAPTURES = Path("/work/shared/comfyui/captures")
-needs_captures = pytest.mark.skipif(not CAPTURES.is_dir(), reason="raw ComfyUI captures not available")
+# Copies (gzipped) of the raw captures of a real ComfyUI 0.8.0 server (shared/comfyui/captures).
+CAPTURES = Path(__file__).parent / "captures"
 
 # --- expected frame type sequences (PROTOCOL.md section 2) ------------------------------------------------
 SEQ_SUCCESS = [  # 2.1 EmptyImage -> ImageInvert -> SaveImage
@@ -246,7 +247,7 @@ def ps_maps(frames: list[dict[str, Any]]) -> list[list[tuple[str, str, Any, Any]
 
 
 def load_capture(name: str) -> Any:
-    return json.loads((CAPTURES / name).read_text())
+    return json.loads(gzip.decompress((CAPTURES / f"{name}.gz").read_bytes()))
 
 
 async def upload(
@@ -1430,7 +1431,6 @@ def _signature(frames: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-@needs_captures
 async def test_replay_s01_validation_bodies(fake: FakeComfyUI, http: aiohttp.ClientSession) -> None:
     for name, ex in load_capture("s01_prompt_errors.json").items():
         if ex.get("method") != "POST" or ex.get("path") != "/prompt":
@@ -1448,7 +1448,6 @@ async def test_replay_s01_validation_bodies(fake: FakeComfyUI, http: aiohttp.Cli
                 assert await resp.text() == ex["text"], name
 
 
-@needs_captures
 @pytest.mark.parametrize("capture", ["s02_success_cached.json", "s03_variants.json", "s04_exec_error.json"])
 async def test_replay_capture_frame_sequences(
     fake: FakeComfyUI, http: aiohttp.ClientSession, capture: str

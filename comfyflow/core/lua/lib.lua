@@ -23,6 +23,18 @@ local function enqueue(job, prefix, notify, jid, attempt, priority)
   return msg
 end
 
+-- A fact for the metrics, recorded atomically with the transition; comfyflow/core/recorder.py folds the list
+-- into the fleet's counters. JSON array: kind, detail, id, attempt, role, size, priority, created_at,
+-- render_started_at, render_finished_at, now, error code.
+local function fact(job, kind, detail, now)
+  local f = redis.call('HMGET', job, 'id', 'attempt', 'role', 'size', 'priority', 'created_at',
+    'render_started_at', 'render_finished_at', 'error')
+  local code = f[9] and string.match(f[9], '^{"code":"([^"]*)"') or false
+  local prefix = string.match(job, '^(.*):job:[^:]*$')
+  redis.call('RPUSH', prefix .. ':metrics:facts', cjson.encode({kind, detail or false, f[1], f[2], f[3], f[4],
+    f[5], f[6], f[7], f[8], now or false, code}))
+end
+
 -- Per-owner running limit (the role's concurrent_jobs). Keys mirror comfyflow/core/keys.py: <prefix>:owner:<owner>:
 -- limits (hash: max_running, written by the API), :running (set of the owner's running job ids), :waiting (list of
 -- job ids parked at the limit: still queued, same attempt, on no stream until one of the owner's jobs stops).
@@ -84,6 +96,7 @@ local function finish(job, evkey, state, now, ttl, extra)
   emit(evkey, 'done', {status = state, attempt = attempt})
   redis.call('EXPIRE', job, ttl)
   redis.call('EXPIRE', evkey, ttl)
+  fact(job, 'finish', state, now)
 end
 
 -- Give a running attempt up: next attempt (maybe after a delay), or final failure, or canceled.
@@ -112,5 +125,6 @@ local function requeue(job, evkey, delayed, notify, prefix, now, delay_ms, err_r
     enqueue(job, prefix, notify, st[5], attempt, st[4])
   end
   emit(evkey, 'status', {status = 'queued', attempt = attempt, reason = reason})
+  fact(job, 'retry', reason, now)
   return {'queued', attempt}
 end

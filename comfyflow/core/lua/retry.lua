@@ -11,4 +11,7 @@ redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 enqueue(KEYS[1], ARGV[1], KEYS[3], st[3], attempt, st[4])
 emit(KEYS[2], 'status', {status = 'queued', attempt = attempt, reason = 'retry'})
+if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then
+  redis.call('ZADD', ARGV[1] .. ':wh:jobs', tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0'), st[3])
+end
 return {'queued', attempt}

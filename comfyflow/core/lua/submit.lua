@@ -22,6 +22,9 @@ local st = redis.call('HMGET', KEYS[1], 'id', 'priority')
 local msg = enqueue(KEYS[1], ARGV[1], KEYS[2], st[1], 1, st[2])
 redis.call('ZADD', KEYS[3], ARGV[2], st[1])
 emit(KEYS[4], 'status', {status = 'queued', attempt = 1})
+fact(KEYS[1], 'submit', false, ARGV[2])
+-- A job with a webhook is watched for notifications while it is live (comfyflow/core/webhooks/).
+if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', ARGV[1] .. ':wh:jobs', ARGV[2], st[1]) end
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[5], 'job:' .. ARGV[3] .. ':' .. st[1], 'EX', tonumber(ARGV[4]))
 end

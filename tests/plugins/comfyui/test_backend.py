@@ -22,8 +22,8 @@ from comfyflow.plugins.comfyui.backend import ComfyUIBackend, ComfyUIBackendFact
 from comfyflow.plugins.comfyui.templates import build_graph, default_model
 from comfyflow.plugins.protocols import Backend, PromptPhase
 from comfyflow.settings import Settings
+from comfyflow.testing import fake_comfyui
 
-fake_comfyui = pytest.importorskip("comfyflow.testing.fake_comfyui")
 FakeComfyUI = fake_comfyui.FakeComfyUI
 SETTINGS = Settings(_env_file=None, object_info_ttl_seconds=60)
 

@@ -1,0 +1,58 @@
+"""Request context for the logs, and one access log line per request.
+
+``request_id`` is bound for every line logged while the request is handled, and ``principal`` (the caller's
+id, never a credential) once authentication has run. The path is logged without its query string, which can
+carry link signatures.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from comfyflow import logs
+from comfyflow.api.metrics import route_label
+
+log = structlog.get_logger("comfyflow.api")
+QUIET_ROUTES = ("/metrics", "/healthz", "/readyz", "/ping", "/health")
+
+
+async def _bind_request(request: Request) -> None:
+    structlog.contextvars.clear_contextvars()  # keep-alive connections handle requests one after another
+    structlog.contextvars.bind_contextvars(request_id=request.ctx.request_id)
+
+
+async def _bind_principal(request: Request) -> None:
+    principal = getattr(request.ctx, "principal", None)
+    if principal is not None:
+        structlog.contextvars.bind_contextvars(principal=principal.id)
+
+
+async def _access(request: Request, response: HTTPResponse) -> None:
+    started = getattr(request.ctx, "started", None)
+    route = route_label(request)
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "route": route,
+        "status": response.status,
+        "duration_s": round(time.perf_counter() - started, 4) if started is not None else None,
+        "request_id": getattr(request.ctx, "request_id", None),
+    }
+    if response.status >= 500:
+        log.warning("request", **fields)
+    elif route in QUIET_ROUTES:
+        log.debug("request", **fields)
+    else:
+        log.info("request", **fields)
+
+
+def install(app: Sanic) -> None:
+    """Bind the log context per request (after the request id is assigned, and after authentication)."""
+    app.on_request(_bind_request, priority=99)
+    app.on_request(_bind_principal, priority=89)
+    app.on_response(_access, priority=999)
+    logs.route_framework_loggers()

@@ -1,0 +1,55 @@
+"""``/metrics`` (Prometheus) and the HTTP request metrics.
+
+``/metrics`` is an ordinary authenticated route. Any API process answers with the numbers of the whole fleet
+(API processes and workers alike; see ``comfyflow/metrics.py``), so Prometheus scrapes one target: the API's
+service address. Each request is counted by route pattern (``/api/v1/jobs/<job_id:str>``, never the concrete
+path), method and status, with its latency to the response headers; the counts are added to the fleet's totals
+in Redis within ``COMFYFLOW_METRICS_FLUSH_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse, raw
+
+from comfyflow import metrics as m
+from comfyflow.core import telemetry
+
+bp = Blueprint("metrics")
+
+
+@bp.get("/metrics")
+async def scrape(request: Request) -> HTTPResponse:
+    """The fleet's metrics in the Prometheus text format."""
+    body = await telemetry.scrape(request.app.ctx.rt)
+    return raw(body, content_type=m.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+
+def route_label(request: Request) -> str:
+    route = getattr(request, "route", None)
+    if route is None:
+        return "unmatched"
+    return "/" + str(route.path).lstrip("/")
+
+
+async def _start(request: Request) -> None:
+    request.ctx.started = time.perf_counter()
+
+
+async def _count(request: Request, response: HTTPResponse) -> None:
+    rt = getattr(request.app.ctx, "rt", None)
+    started = getattr(request.ctx, "started", None)
+    if rt is None or started is None or getattr(request.ctx, "counted", False):
+        return
+    request.ctx.counted = True
+    route, method = route_label(request), request.method
+    rt.metrics.add(m.HTTP_REQUESTS, route, method, str(response.status))
+    rt.metrics.add(m.HTTP_DURATION, route, method, value=time.perf_counter() - started)
+
+
+def install(app: Sanic) -> None:
+    """Time every request from the first middleware on, and count it when its response starts."""
+    app.on_request(_start, priority=1000)
+    app.on_response(_count, priority=1000)
