@@ -285,6 +285,7 @@ class Job(BaseModel):
     worker: str | None = None
     cancel_requested: bool = False
     flow_run_id: str | None = None
+    batch_id: str | None = Field(default=None, description="The batch this job is an item of.")
     created_at: datetime
     started_at: datetime | None = None
     render_started_at: datetime | None = None

@@ -71,6 +71,23 @@ async def runner_for(rt: Runtime, urls: ServiceURLs, stop: asyncio.Event) -> Asy
                 await watcher
 
 
+async def run_plane(rt: Runtime, urls: ServiceURLs, stop: asyncio.Event) -> None:
+    """Batch watchers and pipeline runners (comfyflow/core/pipelines/plane.py) until ``stop`` is set: each a
+    Prefect flow run when Prefect is enabled (flows/pipelines.py), plain coroutines otherwise."""
+    while not stop.is_set():
+        try:
+            if urls.prefect_api_url:
+                await importlib.import_module("flows.pipelines").run_plane(rt, stop)
+            else:
+                from comfyflow.core.pipelines.execution import plain_plane
+
+                await plain_plane(rt).run(stop)
+        except Exception as exc:  # e.g. Prefect down at start: the job workers go on; try again shortly
+            log.error("run plane failed; restarting it in 5 s", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=5)
+
+
 async def worker_loop(
     rt: Runtime, urls: ServiceURLs, stop: asyncio.Event, *, concurrency: int | None = None, grace: float = 30.0
 ) -> None:
@@ -82,12 +99,16 @@ async def worker_loop(
         async with prefect_settings(urls.prefect_api_url):
             worker = Worker(rt, **kwargs)
             prober = asyncio.create_task(rt.pool.run(stop, name=worker.name))  # one process at a time probes
+            plane = asyncio.create_task(run_plane(rt, urls, stop))
             try:
                 await worker.run(stop, grace=grace)
             finally:
                 prober.cancel()
                 with contextlib.suppress(BaseException):
                     await prober
+                stop.set()
+                with contextlib.suppress(BaseException):
+                    await plane
 
 
 async def run_worker(

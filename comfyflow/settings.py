@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = Field(default=None, description="Base URL clients reach the API at (for links).")
     max_queue_depth: int = Field(default=1000, ge=1, description="Queued jobs above which submissions get 503.")
+    max_batch_items: int = Field(default=10_000, ge=1, description="Most items in one batch (list or sweep).")
+    max_batch_backlog: int = Field(
+        default=100_000, ge=1, description="Queued batch items (all batches) above which new batches get 503."
+    )
     sync_timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="POST /generate waits this long.")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Largest uploaded input image.")
@@ -114,8 +118,12 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_GRAPH_NODES),
         description="Comma-separated node classes a raw graph may use (INTERNAL callers only).",
     )
-    apikey_last_used_seconds: float = Field(default=60.0, ge=0, description="At most one last_used_at write per key this often.")
-    jwt: JwtSettings = Field(default_factory=JwtSettings, description="JWT scheme (COMFYFLOW_JWT__SECRET, ...).")
+    apikey_last_used_seconds: float = Field(
+        default=60.0, ge=0, description="At most one last_used_at write per key this often."
+    )
+    jwt: JwtSettings = Field(
+        default_factory=JwtSettings, description="JWT scheme (COMFYFLOW_JWT__SECRET, ...)."
+    )
 
     # --- observability and notifications (see comfyflow/metrics.py, comfyflow/core/webhooks/) ----------------
     metrics_flush_seconds: float = Field(

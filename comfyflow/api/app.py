@@ -9,7 +9,20 @@ from typing import Any
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-from comfyflow.api import access, admin, backends, errors, events, files, jobs, metrics, ops, webhooks
+from comfyflow.api import (
+    access,
+    admin,
+    backends,
+    batches,
+    errors,
+    events,
+    files,
+    jobs,
+    metrics,
+    ops,
+    pipelines,
+    webhooks,
+)
 from comfyflow.api.auth_policy import AuthPolicy, check_auth_settings
 from comfyflow.api.docs import bp as docs_bp
 from comfyflow.api.http import add_headers, assign_request_id
@@ -55,9 +68,11 @@ def create_app(
     for bp in (jobs.bp, events.bp, files.bp, ops.bp, docs_bp):
         app.blueprint(bp)
     app.blueprint(admin.bp)
-    app.blueprint(backends.bp)  # /api/v1/backends and /api/v1/admin/backends (INTERNAL)
+    app.blueprint(batches.bp)  # /api/v1/batches
+    app.blueprint(pipelines.bp)  # /api/v1/pipelines, /api/v1/pipeline-runs
     app.blueprint(metrics.bp)  # /metrics: authenticated like any route; the fleet's numbers (comfyflow/metrics.py)
     app.blueprint(webhooks.bp)
+    app.blueprint(backends.bp)  # /api/v1/backends and /api/v1/admin/backends (INTERNAL)
     app.error_handler.add(Exception, errors.handle)
     app.on_request(assign_request_id, priority=100)
     app.on_request(_authenticate, priority=90)
@@ -122,4 +137,6 @@ async def _cors_headers(request: Request, response: HTTPResponse) -> None:
         response.headers["Vary"] = "Origin"
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-        response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Location, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+        response.headers["Access-Control-Expose-Headers"] = (
+            "X-Request-ID, Location, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+        )

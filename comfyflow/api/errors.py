@@ -65,7 +65,9 @@ def envelope(request: Request | None, status: int, code: str, message: str, deta
     return json(body, status=status, headers=headers)
 
 
-def pydantic_details(exc: pydantic.ValidationError, *, tags: tuple[str, ...] = ("txt2img", "img2img", "workflow")) -> list[dict[str, Any]]:
+def pydantic_details(
+    exc: pydantic.ValidationError, *, tags: tuple[str, ...] = ("txt2img", "img2img", "workflow")
+) -> list[dict[str, Any]]:
     """Each error with the offending field (dotted), its value and what to do."""
     out = []
     for err in exc.errors(include_url=False):

@@ -98,7 +98,9 @@ def json_body(request: Request, *, max_bytes: int) -> Any:
     if _depth(data) > MAX_DEPTH:
         raise BadBody(f"The JSON is nested too deeply; at most {MAX_DEPTH} levels.")
     if not isinstance(data, dict):
-        raise ValidationError("The body must be a JSON object.", details=[{"field": "body", "message": "expected an object"}])
+        raise ValidationError(
+            "The body must be a JSON object.", details=[{"field": "body", "message": "expected an object"}]
+        )
     return data
 
 

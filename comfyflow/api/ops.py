@@ -20,7 +20,7 @@ async def _timed(check: Any) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         detail = await asyncio.wait_for(check(), timeout=3.0)
-        ok, info = (detail if isinstance(detail, tuple) else (True, detail))
+        ok, info = detail if isinstance(detail, tuple) else (True, detail)
     except Exception as exc:
         ok, info = False, f"{type(exc).__name__}: {exc}"
     return {"status": "ok" if ok else "down", "latency_s": round(time.perf_counter() - started, 4), "detail": info}
@@ -72,7 +72,9 @@ async def health(request: Request) -> HTTPResponse:
     essential_down = deps["redis"]["status"] != "ok" or deps["storage"]["status"] != "ok"
     backends_up = [b for b in deps["backends"].values() if b["status"] == "ok"]
     degraded = (
-        len(backends_up) < len(deps["backends"]) or deps["prefect"]["status"] != "ok" or deps["workers"]["status"] != "ok"
+        len(backends_up) < len(deps["backends"])
+        or deps["prefect"]["status"] != "ok"
+        or deps["workers"]["status"] != "ok"
     )
     # with every backend down jobs are still accepted and kept queued: degraded, not unhealthy
     status = "unhealthy" if essential_down else "degraded" if degraded else "healthy"
@@ -94,6 +96,7 @@ async def readyz(request: Request) -> HTTPResponse:
     try:
         await asyncio.wait_for(rt.redis.ping(), timeout=2)
         depth = sum((await queue_depth(rt.redis, rt.store.keys)).values())
+        depth -= int(await rt.redis.get(rt.store.keys.batch_backlog) or 0)  # batches have their own limit
         if depth >= request.app.ctx.settings.max_queue_depth:
             reasons.append(f"queue depth {depth} at its limit {request.app.ctx.settings.max_queue_depth}")
     except Exception as exc:

@@ -78,3 +78,40 @@ class Keys:
     @property
     def leader(self) -> str:
         return f"{self.prefix}:leader"
+
+    # --- batches and pipeline runs (comfyflow/core/batches.py, comfyflow/core/pipelines/) ----------------------
+    def batch(self, batch_id: str) -> str:
+        """Hash of a batch: owner, total, priority, flags."""
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_items(self, batch_id: str) -> str:
+        """List of the batch's job ids, in submission order."""
+        return f"{self.prefix}:batch:{batch_id}:items"
+
+    def batch_counts(self, batch_id: str) -> str:
+        """Hash of job state -> number of the batch's items in it (kept by lib.lua ``count``: keep in step)."""
+        return f"{self.prefix}:batch:{batch_id}:counts"
+
+    @property
+    def batch_backlog(self) -> str:
+        """Number of batch items queued now, over all batches (kept by lib.lua ``count``: keep in step)."""
+        return f"{self.prefix}:batches:queued"
+
+    def owner_batches(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:batches"
+
+    @property
+    def runs(self) -> str:
+        """Sorted set of batch and pipeline runs to watch or execute (``batch:<id>``, ``prun:<id>``), scored by
+        the lease expiry (ms) of the process running them; 0 = not claimed yet."""
+        return f"{self.prefix}:runs"
+
+    def pipeline_run(self, run_id: str) -> str:
+        return f"{self.prefix}:prun:{run_id}"
+
+    def pipeline_steps(self, run_id: str) -> str:
+        """Hash of step name -> job id of one pipeline run."""
+        return f"{self.prefix}:prun:{run_id}:steps"
+
+    def owner_pipeline_runs(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:pruns"

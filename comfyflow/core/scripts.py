@@ -23,6 +23,9 @@ NAMES = (
     "idem_begin",
     "idem_abort",
     "expire",
+    "batch_submit",
+    "run_claim",
+    "run_beat",
 )
 
 
@@ -38,8 +41,9 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self._scripts: dict[str, AsyncScript] = {n: redis.register_script(_source(n)) for n in NAMES}
 
-    async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._scripts[name](keys=keys, args=[_arg(a) for a in args])
+    async def run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        """Run a script; ``client`` may be a pipeline (the call is queued there, run by its ``execute``)."""
+        return await self._scripts[name](keys=keys, args=[_arg(a) for a in args], client=client)
 
 
 def _arg(value: Any) -> str:

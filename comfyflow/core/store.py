@@ -82,6 +82,7 @@ def job_from_hash(raw: dict[str, str]) -> Job:
         worker=raw.get("worker") or None,
         cancel_requested=raw.get("cancel") == "1",
         flow_run_id=raw.get("flow_run_id") or None,
+        batch_id=raw.get("batch") or None,
         created_at=_ts(raw.get("created_at")) or datetime.now(UTC),
         started_at=_ts(raw.get("started_at")),
         render_started_at=_ts(raw.get("render_started_at")),
@@ -147,24 +148,7 @@ class JobStore:
         """
         job_id = job_id or new_job_id()
         now = self.clock()
-        body = request.model_dump(mode="json")
-        fields: dict[str, Any] = {
-            "id": job_id,
-            "state": JobState.QUEUED.value,
-            "attempt": 1,
-            "max_attempts": max_attempts or self.settings.max_attempts,
-            "priority": body.get("priority", "normal"),
-            "owner": owner,
-            "request": body,
-            "labels": body.get("labels", []),
-            "created_at": repr(now),
-            "progress": {"value": 0, "phase": "queued"},
-            "cancel": "0",
-            "retention_s": self.settings.retention_days * 86400,
-            "size": size_class(body),  # the latency SLO's image size class (comfyflow/metrics.py)
-            **({"webhook": body["webhook"]} if body.get("webhook") else {}),  # watched by core/webhooks
-            **(extra or {}),
-        }
+        fields = self.job_fields(request, owner=owner, job_id=job_id, now=now, max_attempts=max_attempts, extra=extra)
         idem_key, fingerprint = idempotency or (f"{self.keys.prefix}:idem:none", "")
         quota_key, limit = daily_quota or (f"{self.keys.prefix}:quota:none", -1)
         keys = [
@@ -182,6 +166,36 @@ class JobStore:
             job_id = _s(res[1])
         job = await self.get(job_id) if outcome != "quota" else None
         return SubmitOutcome(outcome, job)
+
+    def job_fields(
+        self,
+        request: Any,
+        *,
+        owner: str,
+        job_id: str,
+        now: float,
+        max_attempts: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The hash of a new queued job (shared by ``submit`` and the bulk submit of batches)."""
+        body = request.model_dump(mode="json")
+        return {
+            "id": job_id,
+            "state": JobState.QUEUED.value,
+            "attempt": 1,
+            "max_attempts": max_attempts or self.settings.max_attempts,
+            "priority": body.get("priority", "normal"),
+            "owner": owner,
+            "request": body,
+            "labels": body.get("labels", []),
+            "created_at": repr(now),
+            "progress": {"value": 0, "phase": "queued"},
+            "cancel": "0",
+            "retention_s": self.settings.retention_days * 86400,
+            "size": size_class(body),  # the latency SLO's image size class (comfyflow/metrics.py)
+            **({"webhook": body["webhook"]} if body.get("webhook") else {}),  # watched by core/webhooks
+            **(extra or {}),
+        }
 
     async def raw(self, job_id: str) -> dict[str, str]:
         data = await self.redis.hgetall(self.keys.job(job_id))
@@ -275,8 +289,12 @@ class JobStore:
     async def cancel(self, job_id: str) -> str:
         """Cancel: a queued job becomes canceled at once; a running one gets a cancel request that its worker
         carries out (interrupting the backend). Returns "canceled", "requested", "gone" or the terminal state."""
+        return _s(await self.scripts.run("cancel", *self.cancel_call(job_id)))
+
+    def cancel_call(self, job_id: str) -> tuple[list[str], list[Any]]:
+        """(keys, args) of the ``cancel`` script for one job (batches pipeline many of them)."""
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.delayed, self.keys.control]
-        return _s(await self.scripts.run("cancel", keys, [repr(self.clock()), self.ttl]))
+        return keys, [repr(self.clock()), self.ttl]
 
     async def retry(self, job_id: str, *, flow_run_id: str | None = None) -> tuple[str, int | str]:
         """failed/canceled -> queued as the next attempt, with a fresh attempt budget.
@@ -284,11 +302,15 @@ class JobStore:
         Returns:
             ("queued", attempt), ("state", current_state) when not retryable, or ("gone", "").
         """
-        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.notify]
-        res = await self.scripts.run("retry", keys, [self.keys.prefix, self.settings.max_attempts, flow_run_id])
+        res = await self.scripts.run("retry", *self.retry_call(job_id, flow_run_id))
         outcome = _s(res[0])
         detail = _s(res[1]) if len(res) > 1 else ""
         return outcome, int(detail) if detail.isdigit() else detail
+
+    def retry_call(self, job_id: str, flow_run_id: str | None = None) -> tuple[list[str], list[Any]]:
+        """(keys, args) of the ``retry`` script for one job (batches pipeline many of them)."""
+        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.notify]
+        return keys, [self.keys.prefix, self.settings.max_attempts, flow_run_id]
 
     async def promote_due(self, limit: int = 500) -> int:
         """Put jobs whose retry delay has passed back on their queue."""

@@ -34,6 +34,11 @@ def _h(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
+def quota_key(prefix: str, owner: str, day: str) -> str:
+    """The owner's daily job counter (single jobs and batch items count against the same one)."""
+    return f"{prefix}:quota:{_h(owner)}:{day}"
+
+
 @dataclass(frozen=True)
 class Submitted:
     job: Job
@@ -50,6 +55,9 @@ class Submitter:
     async def check_admission(self) -> None:
         """Raises Overloaded when the queue is deeper than COMFYFLOW_MAX_QUEUE_DEPTH."""
         depth = sum((await queue_depth(self.rt.redis, self.rt.store.keys)).values())
+        # Queued batch items have their own admission limit (comfyflow/core/batches.py): a big batch must not
+        # turn interactive jobs away.
+        depth = max(0, depth - int(await self.rt.redis.get(self.rt.store.keys.batch_backlog) or 0))
         limit = self.rt.settings.max_queue_depth
         if depth >= limit:
             raise Overloaded(
@@ -91,7 +99,7 @@ class Submitter:
             await self.check_admission()
             if isinstance(request, Img2ImgRequest):
                 await self._check_upload(owner, request.init_image)
-            quota = (f"{store.keys.prefix}:quota:{_h(owner)}:{day}", daily_limit) if daily_limit is not None else None
+            quota = (quota_key(store.keys.prefix, owner, day), daily_limit) if daily_limit is not None else None
             out = await store.submit(request, owner=owner, idempotency=idem, daily_quota=quota, extra=extra)
         except BaseException:
             if idem:

@@ -7,7 +7,9 @@ import asyncio
 
 async def test_submit_poll_download(api_factory, http, fake) -> None:  # type: ignore[no-untyped-def]
     base = await api_factory()
-    async with http.post(f"{base}/api/v1/jobs", json={"prompt": "a red fox", "width": 64, "height": 64, "steps": 2}) as r:
+    async with http.post(
+        f"{base}/api/v1/jobs", json={"prompt": "a red fox", "width": 64, "height": 64, "steps": 2}
+    ) as r:
         assert r.status == 202, await r.text()
         job = await r.json()
         assert r.headers["Location"] == f"/api/v1/jobs/{job['job_id']}"

@@ -12,6 +12,7 @@ if owner_full(KEYS[1], st[4]) then
   return {'deferred'}
 end
 if st[4] and st[4] ~= '' then redis.call('SADD', owner_key(KEYS[1], st[4], 'running'), st[5]) end
+count(KEYS[1], 'running')
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[2], 'started_at', ARGV[3],
   'msg_stream', KEYS[3], 'msg_id', ARGV[4], 'progress', cjson.encode({value = 0, phase = 'starting'}))
 emit(KEYS[2], 'status', {status = 'running', attempt = tonumber(ARGV[1])})

@@ -5,6 +5,21 @@ local function emit(evkey, etype, data)
   redis.call('XADD', evkey, 'MAXLEN', '~', 2000, '*', 'type', etype, 'data', cjson.encode(data))
 end
 
+-- A batch item moves to state ``to``: keep its batch's counts by state, and the number of queued batch items
+-- (keys.py: batch_counts, batch_backlog), in step with the job. Call just before the job's state is written.
+local function count(job, to)
+  local st = redis.call('HMGET', job, 'batch', 'state')
+  if not st[1] or st[1] == '' or st[2] == to then return end
+  local prefix = string.match(job, '^(.*):job:[^:]*$')
+  local counts = prefix .. ':batch:' .. st[1] .. ':counts'
+  if redis.call('EXISTS', counts) == 1 then  -- not after the batch's records expired
+    if st[2] then redis.call('HINCRBY', counts, st[2], -1) end
+    redis.call('HINCRBY', counts, to, 1)
+  end
+  if st[2] == 'queued' then redis.call('DECR', prefix .. ':batches:queued') end
+  if to == 'queued' then redis.call('INCR', prefix .. ':batches:queued') end
+end
+
 -- Acknowledge and delete the job's current queue message, if any.
 local function ack(job)
   local m = redis.call('HMGET', job, 'msg_stream', 'msg_id')
@@ -89,6 +104,7 @@ end
 
 local function finish(job, evkey, state, now, ttl, extra)
   ack(job)
+  count(job, state)
   redis.call('HSET', job, 'state', state, 'finished_at', now, 'worker', '')
   owner_release(job)
   if extra then redis.call('HSET', job, unpack(extra)) end
@@ -114,6 +130,7 @@ local function requeue(job, evkey, delayed, notify, prefix, now, delay_ms, err_r
   end
   ack(job)
   attempt = attempt + 1
+  count(job, 'queued')
   redis.call('HSET', job, 'state', 'queued', 'attempt', tostring(attempt), 'worker', '', 'last_error', err_retry,
     'progress', cjson.encode({value = 0, phase = 'retrying'}))
   owner_release(job)
