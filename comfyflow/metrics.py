@@ -157,12 +157,16 @@ WORKERS_ALIVE = Spec("comfyflow_workers_alive", "gauge", "Worker processes that 
 BACKEND_CAPACITY = Spec("comfyflow_backend_capacity_slots", "gauge", "GPU slots per backend.", ("backend",))
 BACKEND_SLOTS_IN_USE = Spec("comfyflow_backend_slots_in_use", "gauge", "GPU slots leased per backend.", ("backend",))
 BACKEND_UP = Spec("comfyflow_backend_up", "gauge", "1 when the backend answered its health probe.", ("backend",))
+BACKEND_QUEUE = Spec(
+    "comfyflow_backend_queue_depth", "gauge", "Prompts in the backend's own queue at its last probe.", ("backend",)
+)
 WEBHOOKS_PENDING = Spec("comfyflow_webhook_pending_deliveries", "gauge", "Webhook deliveries not yet delivered.")
 
 ALL: tuple[Spec, ...] = (
     JOBS_SUBMITTED, JOBS_FINISHED, JOB_RETRIES, JOB_DURATION, FIRST_PROGRESS, BACKEND_BUSY, BACKEND_FAILURES,
     STORAGE_BYTES, STORAGE_ERRORS, HTTP_REQUESTS, HTTP_DURATION, WEBHOOK_DELIVERIES, QUEUE_DEPTH, QUEUE_DELAYED,
     JOBS_IN_PROGRESS, WORKERS_ALIVE, BACKEND_CAPACITY, BACKEND_SLOTS_IN_USE, BACKEND_UP, WEBHOOKS_PENDING,
+    BACKEND_QUEUE,
 )  # fmt: skip
 BY_NAME = {s.name: s for s in ALL}
 

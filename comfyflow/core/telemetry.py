@@ -40,13 +40,15 @@ def attempt_done(ctx: AttemptContext) -> None:
         rec.add(m.BACKEND_BUSY, ctx.backend, value=max(0.0, end - max(start, ctx.render_started)))
 
 
-async def _health(rt: Runtime) -> dict[str, float]:
-    async def one(url: str) -> float:
+async def _health(rt: Runtime) -> dict[str, tuple[float, int | None]]:
+    """(up, prompts in its own queue) per backend, probed now."""
+
+    async def one(url: str) -> tuple[float, int | None]:
         try:
             health = await asyncio.wait_for(rt.backends[url].health(), timeout=HEALTH_TIMEOUT)
-            return 1.0 if health.ok else 0.0
+            return (1.0 if health.ok else 0.0), health.queue_remaining
         except Exception:
-            return 0.0
+            return 0.0, None
 
     urls = list(rt.backends)
     return dict(zip(urls, await asyncio.gather(*[one(u) for u in urls]), strict=True))
@@ -75,7 +77,8 @@ async def live_gauges(rt: Runtime) -> dict[m.Spec, dict[tuple[str, ...], float]]
         m.WORKERS_ALIVE: {(): float(alive)},
         m.BACKEND_CAPACITY: {(u,): float(rt.slots.capacities.get(u, rt.settings.backend_slots)) for u in rt.backends},
         m.BACKEND_SLOTS_IN_USE: {(u,): float(n) for u, n in in_use.items()},
-        m.BACKEND_UP: {(u,): v for u, v in health.items()},
+        m.BACKEND_UP: {(u,): up for u, (up, _) in health.items()},
+        m.BACKEND_QUEUE: {(u,): float(q) for u, (_, q) in health.items() if q is not None},
         m.WEBHOOKS_PENDING: {(): float(webhooks if isinstance(webhooks, int) else 0)},
     }
 
