@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -38,6 +39,25 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     if request.param == "server":
         return SERVER_REDIS
     return str(request.getfixturevalue("embedded_redis_url"))
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """One Prefect server (PostgreSQL-backed, pre-migrated template) for the whole session."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from comfyflow.testing.prefect_server import prefect_server
+
+    with prefect_server() as url, temporary_settings({PREFECT_API_URL: url}):
+        yield url
+
+
+async def close_runtime(rt: Any) -> None:
+    """Delete a test runtime's keys (its own prefix) and close it."""
+    keys = [k async for k in rt.redis.scan_iter(match=f"{rt.settings.key_prefix}:*", count=1000)]
+    if keys:
+        await rt.redis.delete(*keys)
+    await rt.aclose()
 
 
 @pytest.fixture

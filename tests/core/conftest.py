@@ -14,6 +14,7 @@ from comfyflow.core.runtime import Runtime
 from comfyflow.core.worker import Worker
 from comfyflow.models import Job
 from comfyflow.testing.fake_comfyui import FakeComfyUI
+from tests.conftest import close_runtime
 
 
 @pytest.fixture
@@ -33,10 +34,7 @@ async def runtime_factory(redis_url: str, make_settings: Any) -> AsyncIterator[A
 
     yield make
     for rt in opened:
-        keys = [k async for k in rt.redis.scan_iter(match=f"{rt.settings.key_prefix}:*", count=1000)]
-        if keys:
-            await rt.redis.delete(*keys)
-        await rt.aclose()
+        await close_runtime(rt)
 
 
 @contextlib.asynccontextmanager

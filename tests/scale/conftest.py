@@ -18,7 +18,7 @@ from comfyflow.core.runtime import Runtime
 from comfyflow.models import Job, JobState
 from comfyflow.settings import Settings
 from comfyflow.testing.fake_comfyui import FakeComfyUI
-from tests.conftest import SERVER_REDIS
+from tests.conftest import SERVER_REDIS, close_runtime
 
 #: Three backends with different checkpoints; every checkpoint is on two of them, so any one can fail.
 CHECKPOINTS = {
@@ -143,10 +143,7 @@ async def scale_runtime(make_settings: Any, redis_url: str, fakes: dict[str, Fak
 
     yield make
     for rt in opened:
-        keys = [k async for k in rt.redis.scan_iter(match=f"{rt.settings.key_prefix}:*", count=1000)]
-        if keys:
-            await rt.redis.delete(*keys)
-        await rt.aclose()
+        await close_runtime(rt)
 
 
 async def wait_all(rt: Runtime, job_ids: list[str], *, timeout: float, procs: Processes | None = None) -> list[Job]:

@@ -17,7 +17,7 @@ from comfyflow.core.retention import RetentionSweeper
 from comfyflow.core.runtime import Runtime
 from comfyflow.models import JobState, Txt2ImgRequest
 from comfyflow.testing.moto_server import MotoS3Server, moto_s3_server
-from tests.conftest import SERVER_REDIS
+from tests.conftest import SERVER_REDIS, close_runtime
 from tests.core.conftest import running_worker, wait_done
 
 
@@ -45,10 +45,7 @@ async def s3_runtime(s3: MotoS3Server, make_settings: Any, fake: Any, prefix: st
 
     yield make
     for rt in opened:
-        keys = [k async for k in rt.redis.scan_iter(match=f"{rt.settings.key_prefix}:*", count=1000)]
-        if keys:
-            await rt.redis.delete(*keys)
-        await rt.aclose()
+        await close_runtime(rt)
 
 
 def _download(url: str) -> bytes:
