@@ -112,7 +112,7 @@ def serve(
         bootstrap = getattr(app.ctx, "bootstrap_message", None)
         if bootstrap:
             lines.append(bootstrap)
-        console.print("\n".join(lines))
+        console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
 
     app.run(host=settings.api_host, port=settings.api_port, single_process=True, access_log=False, motd=False)
 

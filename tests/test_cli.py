@@ -138,6 +138,7 @@ def test_first_serve_prints_one_internal_key_that_works(home: Path) -> None:
         keys = [w for w in log.split() if w.startswith("cf_live_")]
         assert keys, log[-2000:]
         key = keys[0]
+        assert f"curl -H 'Authorization: Bearer {key}' {base}/api/v1/me" in log, "the usage line is copyable"
         with pytest.raises(urllib.error.HTTPError) as info:
             _get(f"{base}/api/v1/jobs")
         assert info.value.code == 401
