@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from comfyflow.core.pool import BackendPool, BackendState, Requirement
@@ -100,8 +101,24 @@ def unroutable(states: dict[str, BackendState], req: Requirement) -> ComfyflowEr
     )
 
 
-async def acquire(pool: BackendPool, slots: SlotPool, backends: list[str], *, timeout: float) -> SlotLease:
+#: How long a job leaves free slots to higher-priority work waiting in the queue (see ``acquire``).
+YIELD_BUDGET_SECONDS = 3.0
+
+
+async def acquire(
+    pool: BackendPool,
+    slots: SlotPool,
+    backends: list[str],
+    *,
+    timeout: float,
+    higher_waiting: Callable[[], Awaitable[bool]] | None = None,
+) -> SlotLease:
     """Wait for a slot on the least-loaded of ``backends`` that is still in the pool.
+
+    A worker claims more jobs than there are slots (so Prefect's bookkeeping overlaps rendering). When a slot
+    frees while ``higher_waiting()`` says higher-priority jobs sit unclaimed in the queue, this job leaves the
+    slot to them for a moment (a worker claims them as soon as one of its attempts ends), up to
+    ``YIELD_BUDGET_SECONDS`` per attempt so nothing can wait on it forever.
 
     Raises:
         BackendUnavailable: every one of them left the pool (down, quarantined, removed), or no slot came free
@@ -109,6 +126,7 @@ async def acquire(pool: BackendPool, slots: SlotPool, backends: list[str], *, ti
     """
     deadline = time.monotonic() + timeout
     token, delay = uuid.uuid4().hex, 0.02
+    yielded = 0.0
     while True:
         view = await pool.view()
         live = [u for u in backends if view.usable(u)]
@@ -118,6 +136,11 @@ async def acquire(pool: BackendPool, slots: SlotPool, backends: list[str], *, ti
                 f"the backends able to run this job left the pool while it waited: {', '.join(backends)}",
                 details={"backends": backends},
             )
+        if higher_waiting is not None and yielded < YIELD_BUDGET_SECONDS and await slots.has_room(live):
+            if await higher_waiting():
+                await asyncio.sleep(0.05)
+                yielded += 0.05
+                continue
         lease = await slots.try_acquire(live, token)
         if lease is not None:
             return lease

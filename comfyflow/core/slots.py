@@ -78,6 +78,16 @@ class SlotPool:
     async def release(self, lease: SlotLease) -> None:
         await self.redis.zrem(self.keys.slots(lease.backend), lease.token)
 
+    async def has_room(self, candidates: Sequence[str]) -> bool:
+        """Whether any candidate has a free slot right now (a hint: another worker may take it first)."""
+        now = int(self.clock() * 1000)
+        for url in candidates:
+            if url in self.capacities:
+                key = self.keys.slots(url)
+                if await self.redis.zcount(key, now, "+inf") < self.capacities[url]:
+                    return True
+        return False
+
     async def in_use(self, backend: str) -> int:
         key = self.keys.slots(backend)
         await self.redis.zremrangebyscore(key, "-inf", int(self.clock() * 1000))

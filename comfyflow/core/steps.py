@@ -12,13 +12,16 @@ import json
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from comfyflow.core import routing
 from comfyflow.core.attempt import AttemptContext, prompt_id_for
+from comfyflow.core.keys import PRIORITIES
 from comfyflow.core.pool import is_device_error, requirement_for
+from comfyflow.core.queue import queue_depth
 from comfyflow.core.slots import SlotLease
 from comfyflow.core.storing import store_outputs
 from comfyflow.errors import BackendUnavailable, DeviceFailed, ExecutionFailed, GraphInvalid, OutOfMemory, Stalled
@@ -191,11 +194,27 @@ async def acquire_step(ctx: AttemptContext, prepared: Prepared) -> SlotLease | N
         await slots.release(SlotLease(ctx.raw["backend"], ctx.raw["slot"]))
     await ctx.progress(Progress(value=0.0, phase="waiting_for_gpu"), force=True)
     lease = await routing.acquire(
-        ctx.runtime.pool, slots, prepared.candidates, timeout=ctx.runtime.settings.render_timeout_seconds
-    )
+        ctx.runtime.pool, slots, prepared.candidates, timeout=ctx.runtime.settings.render_timeout_seconds,
+        higher_waiting=_higher_priority_waiting(ctx),
+    )  # fmt: skip
     ctx.leases.append(lease)
     await ctx.update(backend=lease.backend, render_started_at=repr(time.time()), slot=lease.token)
     return lease
+
+
+def _higher_priority_waiting(ctx: AttemptContext) -> Callable[[], Awaitable[bool]] | None:
+    """For normal and low jobs: is higher-priority work waiting, unclaimed, in the queue?"""
+    order = [p.value for p in PRIORITIES]
+    mine = ctx.job.priority.value
+    higher = order[: order.index(mine)]
+    if not higher:
+        return None
+
+    async def check() -> bool:
+        depth = await queue_depth(ctx.runtime.redis, ctx.runtime.store.keys)
+        return any(depth.get(p, 0) > 0 for p in higher)
+
+    return check
 
 
 async def render_step(ctx: AttemptContext, prepared: Prepared, lease: SlotLease | None) -> Rendered:
