@@ -58,6 +58,87 @@ SSE_EVENT = {
 COMMON_ERRORS = (400, 401, 403, 404, 405, 413, 415, 422, 429, 503)
 
 
+def _model_body(schemas: dict[str, Any], model: Any, name: str) -> dict[str, Any]:
+    """A JSON request body from a pydantic model, its definitions added to the components."""
+    schema = TypeAdapter(model).json_schema(ref_template=REF, mode="validation")
+    schemas.update(schema.pop("$defs", {}))
+    schemas[name] = schema
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _op(summary: str, ok: str, *, params: list[dict[str, Any]] | None = None, body: dict[str, Any] | None = None,
+        extra_ok: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    """An operation answering an object on success and the error envelope otherwise."""
+    obj = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    responses: dict[str, Any] = {code: {"description": "success", **obj} for code in (ok, *extra_ok)}
+    responses["default"] = {
+        "description": "error (the envelope)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _more_paths(schemas: dict[str, Any]) -> dict[str, Any]:
+    """Batches, pipelines, keys, admin and backends."""
+    from comfyflow.api.admin import NewKey, NewUser, UserChange
+    from comfyflow.api.backends import Registration
+    from comfyflow.api.pipelines import RunRequest
+    from comfyflow.core.batches import BatchRequest
+
+    batch = _model_body(schemas, BatchRequest, "BatchRequest")
+    run = _model_body(schemas, RunRequest, "PipelineRunRequest")
+    user, change, key = (_model_body(schemas, m, n) for m, n in
+                         ((NewUser, "NewUser"), (UserChange, "UserChange"), (NewKey, "NewKey")))  # fmt: skip
+    backend = _model_body(schemas, Registration, "BackendRegistration")
+    bid, rid, uid, kid, name, ident = (_path(n) for n in ("batch_id", "run_id", "user_id", "key_id", "name", "ident"))
+    cursor = [{"name": "cursor", "in": "query", "schema": {"type": "string"}},
+              {"name": "limit", "in": "query",
+               "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]  # fmt: skip
+    return {
+        "/api/v1/batches": {"post": _op("Submit a batch (items or a sweep)", "202", body=batch),
+                            "get": _op("Your batches", "200", params=cursor)},
+        "/api/v1/batches/{batch_id}": {"get": _op("A batch with its items", "200", params=[bid, *cursor]),
+                                       "delete": _op("Cancel the rest of a batch", "200", params=[bid],
+                                                     extra_ok=("202",))},
+        "/api/v1/batches/{batch_id}/retry": {"post": _op("Re-run failed items", "202", params=[bid])},
+        "/api/v1/pipelines": {"get": _op("Registered pipelines", "200")},
+        "/api/v1/pipelines/{name}": {"get": _op("A pipeline and its parameters", "200", params=[name])},
+        "/api/v1/pipelines/{name}/runs": {"post": _op("Start a pipeline run", "202", params=[name], body=run)},
+        "/api/v1/pipeline-runs": {"get": _op("Your pipeline runs", "200", params=cursor)},
+        "/api/v1/pipeline-runs/{run_id}": {"get": _op("A pipeline run with its steps", "200", params=[rid]),
+                                           "delete": _op("Cancel a pipeline run", "200", params=[rid],
+                                                         extra_ok=("202",))},
+        "/api/v1/pipeline-runs/{run_id}/retry": {"post": _op("Retry a failed pipeline run", "202", params=[rid])},
+        "/api/v1/me": {"get": _op("Who you are", "200")},
+        "/api/v1/keys": {"get": _op("Your API keys", "200")},
+        "/api/v1/keys/{key_id}": {"delete": _op("Revoke one of your keys", "200", params=[kid])},
+        "/api/v1/admin/users": {"get": _op("Users (INTERNAL)", "200"),
+                                "post": _op("Create a user (INTERNAL)", "201", body=user)},
+        "/api/v1/admin/users/{user_id}": {"get": _op("A user (INTERNAL)", "200", params=[uid]),
+                                          "patch": _op("Change a user (INTERNAL)", "200", params=[uid], body=change)},
+        "/api/v1/admin/users/{user_id}/keys": {"get": _op("A user's keys (INTERNAL)", "200", params=[uid]),
+                                               "post": _op("Create a key (INTERNAL)", "201", params=[uid], body=key)},
+        "/api/v1/admin/keys": {"get": _op("All keys (INTERNAL)", "200")},
+        "/api/v1/admin/keys/{key_id}": {"delete": _op("Revoke a key (INTERNAL)", "200", params=[kid])},
+        "/api/v1/backends": {"get": _op("Backends with health and load (INTERNAL)", "200")},
+        "/api/v1/admin/backends": {"get": _op("Backends (INTERNAL)", "200"),
+                                   "post": _op("Register a backend (INTERNAL)", "201", body=backend,
+                                               extra_ok=("200",))},
+        "/api/v1/admin/backends/{ident}": {"get": _op("A backend (INTERNAL)", "200", params=[ident]),
+                                           "delete": _op("Remove or disable a backend (INTERNAL)", "200",
+                                                         params=[ident])},
+    }  # fmt: skip
+
+
 @cache
 def openapi() -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": ERROR}
@@ -164,7 +245,7 @@ def openapi() -> dict[str, Any]:
             "version": __version__,
             "description": "Production image generation on ComfyUI servers.",
         },
-        "paths": paths,
+        "paths": {**paths, **_more_paths(schemas)},
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
