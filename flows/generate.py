@@ -7,7 +7,6 @@ run. The tasks pass only small references: no image bytes are task results, and 
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,7 +83,3 @@ async def _tag_backend(backend: str | None) -> None:
             await client.update_flow_run(run_ctx.flow_run.id, tags=tags)
     except Exception as exc:  # visibility only: never fail a render over a tag
         get_run_logger().warning("could not tag the run with its backend: %s", exc)
-
-
-def prepared_dict(p: Prepared) -> dict[str, Any]:
-    return asdict(p)

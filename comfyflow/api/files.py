@@ -15,8 +15,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 
 from comfyflow.api.http import TooLarge, UnsupportedMediaType
-from comfyflow.errors import NotFound, ValidationError
-from comfyflow.plugins.protocols import BackendHealth
+from comfyflow.errors import Gone, NotFound, ValidationError
 
 bp = Blueprint("files")
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -95,8 +94,6 @@ async def artifact(request: Request, key: str) -> HTTPResponse:
         job_id = key.split("/")[1] if key.startswith("jobs/") else ""
         job = await request.app.ctx.rt.store.get(job_id) if job_id else None
         if job is not None and job.status.value == "expired":
-            from comfyflow.errors import Gone
-
             raise Gone("This artifact was deleted by the retention policy.")
         raise NotFound("No such artifact.")
     size = info.size
@@ -158,5 +155,3 @@ async def models(request: Request) -> HTTPResponse:
     }
     return json(body)
 
-
-__all__ = ["BackendHealth", "bp"]

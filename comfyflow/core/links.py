@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from comfyflow.errors import Forbidden, Gone
+from comfyflow.errors import Forbidden
 from comfyflow.plugins.protocols import Storage
 from comfyflow.settings import Settings
 
@@ -65,5 +65,3 @@ class Links:
         if exp < self.clock():
             raise Forbidden("This link has expired; read the job again for a fresh link.")
 
-
-__all__ = ["ARTIFACT_ROUTE", "Gone", "Links", "signing_key"]

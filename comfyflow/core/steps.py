@@ -13,7 +13,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -324,7 +324,3 @@ async def run_attempt(ctx: AttemptContext) -> JobResult:
     lease = await acquire_step(ctx, prepared)
     rendered = await render_step(ctx, prepared, lease)
     return await store_step(ctx, prepared, rendered)
-
-
-def prepared_to_dict(p: Prepared) -> dict[str, Any]:
-    return asdict(p)
