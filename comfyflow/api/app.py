@@ -27,7 +27,9 @@ from comfyflow.api.auth_policy import AuthPolicy, check_auth_settings
 from comfyflow.api.docs import bp as docs_bp
 from comfyflow.api.http import add_headers, assign_request_id
 from comfyflow.api.policy import OpenPolicy
+from comfyflow.core.batches import BatchStore
 from comfyflow.core.links import Links
+from comfyflow.core.pipelines import PipelineRunStore
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.submission import Submitter
 from comfyflow.settings import Settings, load_settings
@@ -95,6 +97,8 @@ def create_app(
             app.ctx.policy = AuthPolicy.from_runtime(app.ctx.rt)
         app.ctx.links = Links(settings, app.ctx.rt.storage)
         app.ctx.submitter = Submitter(app.ctx.rt)
+        app.ctx.batches = BatchStore(app.ctx.rt.store)
+        app.ctx.pipeline_runs = PipelineRunStore(app.ctx.rt.store)
         app.ctx.stop = asyncio.Event()
         app.ctx.worker_task = None
         if run_worker:

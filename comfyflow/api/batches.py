@@ -26,10 +26,7 @@ SCAN_LIMIT = 2000
 
 
 def batches(request: Request) -> BatchStore:
-    ctx = request.app.ctx
-    if getattr(ctx, "batches", None) is None:
-        ctx.batches = BatchStore(ctx.rt.store)
-    return ctx.batches  # type: ignore[no-any-return]
+    return request.app.ctx.batches  # type: ignore[no-any-return]  # opened once with the runtime (app.py)
 
 
 async def own_batch(request: Request, batch_id: str) -> Batch:

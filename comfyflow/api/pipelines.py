@@ -38,10 +38,7 @@ class RunRequest(BaseModel):
 
 
 def runs(request: Request) -> PipelineRunStore:
-    ctx = request.app.ctx
-    if getattr(ctx, "pipeline_runs", None) is None:
-        ctx.pipeline_runs = PipelineRunStore(ctx.rt.store)
-    return ctx.pipeline_runs  # type: ignore[no-any-return]
+    return request.app.ctx.pipeline_runs  # type: ignore[no-any-return]  # opened once with the runtime (app.py)
 
 
 async def own_run(request: Request, run_id: str) -> PipelineRun:
