@@ -25,6 +25,8 @@ from uuid import uuid4
 import structlog
 from prefect.client.schemas.objects import FlowRun, TaskRun, TaskRunPolicy, TaskRunResult
 from prefect.events import emit_event
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED
 from prefect.states import Cancelled, Completed, Crashed, Failed, Pending, Running, State
 
 from comfyflow.core.attempt import AttemptContext
@@ -38,7 +40,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 log = structlog.get_logger("comfyflow.executor")
-RUN_LOG = logging.getLogger("prefect.flow_runs")
+#: Lines below this level are not sent to Prefect's run log.
+RUN_LOG_LEVEL = logging.INFO
 
 TASKS = {t.name: t for t in (validate, acquire_slot, render, store)}
 #: The flow's data flow, as its engine records it in ``task_inputs``: (parameter, the step whose result it is).
@@ -193,15 +196,14 @@ class AttemptRecord:
                           payload=payload, related=related, id=state.id, follows=follows)  # fmt: skip
 
     def _log(self, level: int, message: str, at: dt.datetime) -> None:
-        """A line of the run's log, through Prefect's flow-run logger (which ships it to the API when
-        PREFECT_LOGGING_TO_API_ENABLED), stamped when it happened."""
+        """A line of the run's log in Prefect (what the flow's run logger would ship), batched by Prefect's log
+        worker; not printed here: the worker's own log has the same facts."""
         run = self.flow_run
-        if run is None or not RUN_LOG.isEnabledFor(level):
+        if run is None or level < RUN_LOG_LEVEL or not PREFECT_LOGGING_TO_API_ENABLED.value():
             return
-        extra = {"flow_run_id": str(run.id), "flow_run_name": run.name, "flow_name": "generate"}
-        record = RUN_LOG.makeRecord(RUN_LOG.name, level, __file__, 0, message, None, None, extra=extra)
-        record.created, record.msecs = at.timestamp(), (at.timestamp() % 1) * 1000
-        RUN_LOG.handle(record)
+        entry = {"name": "prefect.flow_runs", "level": level, "message": message, "timestamp": at.isoformat(),
+                 "flow_run_id": str(run.id), "task_run_id": None}  # fmt: skip
+        APILogWorker.instance().send(entry)
 
 
 #: Fields of a task run that Prefect's engine leaves out of its events (the server fills them).

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from comfyflow.core.pool import BackendPool, BackendState, Requirement
-from comfyflow.core.slots import SlotLease, SlotPool
+from comfyflow.core.slots import MAX_POLL_SECONDS, SlotLease, SlotPool
 from comfyflow.errors import BackendUnavailable, ComfyflowError, GraphInvalid
 from comfyflow.plugins.protocols import Capabilities
 
@@ -148,5 +148,5 @@ async def acquire(
             raise BackendUnavailable(
                 f"no free slot on {backends} within {timeout:.0f}s", details={"backends": backends}
             )
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        await slots.wait_released(delay)
+        delay = min(delay * 1.5, MAX_POLL_SECONDS)

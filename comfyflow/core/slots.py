@@ -7,6 +7,7 @@ default of 2 there is always one prompt queued on the GPU while comfyflow does i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -16,6 +17,13 @@ from redis.asyncio import Redis
 
 from comfyflow.core.keys import Keys
 from comfyflow.core.scripts import Scripts
+
+#: The longest a waiter sleeps between two looks at the slots. Waiters wake as soon as a slot is freed (by this
+#: process directly, by another through the control channel, see ``RELEASED``); the poll finds expired leases.
+MAX_POLL_SECONDS = 0.25
+#: Prefix of the control-channel message that says a slot was freed (job ids, the channel's other messages,
+#: are hex and never start with it).
+RELEASED = "slot:"
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class SlotPool:
         self.lease_ms = int(lease_seconds * 1000)
         self.clock = clock
         self.scripts = Scripts(redis)
+        #: Set (and replaced) whenever a slot is freed, so waiters take it at once instead of at their next poll.
+        self._released = asyncio.Event()
 
     async def try_acquire(self, candidates: Sequence[str], token: str | None = None) -> SlotLease | None:
         """Take a slot on the least-loaded candidate with room, or None when all are full."""
@@ -66,8 +76,8 @@ class SlotPool:
                 return lease
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no free slot on {list(candidates)} within {timeout:.0f}s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+            await self.wait_released(delay)
+            delay = min(delay * 1.5, MAX_POLL_SECONDS)
 
     async def renew(self, lease: SlotLease) -> bool:
         """Extend the lease; False if it had expired and been dropped (the slot is not ours any more)."""
@@ -76,7 +86,22 @@ class SlotPool:
         return bool(res) or await self.redis.zscore(key, lease.token) is not None
 
     async def release(self, lease: SlotLease) -> None:
-        await self.redis.zrem(self.keys.slots(lease.backend), lease.token)
+        """Free the slot and tell every process's waiters (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.slots(lease.backend), lease.token)
+            pipe.publish(self.keys.control, f"{RELEASED}{lease.backend}")
+            await pipe.execute()
+        self.notify_released()
+
+    def notify_released(self) -> None:
+        """Wake this process's waiters (called on release, and by the worker's control-channel listener)."""
+        self._released.set()
+        self._released = asyncio.Event()
+
+    async def wait_released(self, timeout: float) -> None:
+        """Return when this process frees a slot, or after ``timeout`` seconds (the poll for everything else)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout)
 
     async def has_room(self, candidates: Sequence[str]) -> bool:
         """Whether any candidate has a free slot right now (a hint: another worker may take it first)."""

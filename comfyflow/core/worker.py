@@ -24,6 +24,7 @@ from comfyflow.core.queue import QueueReader
 from comfyflow.core.reaper import Reaper
 from comfyflow.core.retention import RetentionSweeper
 from comfyflow.core.runtime import Runtime
+from comfyflow.core.slots import RELEASED
 from comfyflow.core.steps import run_attempt
 from comfyflow.core.store import Claim, QueueMessage
 from comfyflow.core.webhooks import WebhookService
@@ -219,7 +220,8 @@ class Worker:
                 return
 
     async def _listen_cancels(self) -> None:
-        """Cancel requests arrive on a pub/sub channel so a running job stops within milliseconds."""
+        """Cancel requests (and freed GPU slots) arrive on a pub/sub channel so a running job stops, and a waiting
+        one takes a slot, within milliseconds."""
         while not self._stopping.is_set():
             try:
                 async with self.rt.redis.pubsub() as ps:
@@ -228,6 +230,9 @@ class Worker:
                         if message.get("type") != "message":
                             continue
                         job_id = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
+                        if job_id.startswith(RELEASED):  # a slot freed somewhere: its waiters here try now
+                            self.rt.slots.notify_released()
+                            continue
                         entry = self.active.get(job_id)
                         if entry:
                             entry[0].wake.set()
