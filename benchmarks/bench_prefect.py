@@ -216,7 +216,8 @@ def measure(mode: str, urls: list[str], args: argparse.Namespace, prefect: tuple
     home = Path(tempfile.mkdtemp(prefix=f"bench-prefect-{mode}-"))
     env = {**os.environ, "COMFYFLOW_HOME": str(home), "COMFYFLOW_REDIS_URL": redis_url,
            "COMFYFLOW_KEY_PREFIX": f"bp{uuid.uuid4().hex[:8]}", "COMFYFLOW_AUTH": "none",
-           "COMFYFLOW_BACKENDS": ",".join(urls), "COMFYFLOW_WORKER_CONCURRENCY": str(max(4, 4 * len(urls))),
+           "COMFYFLOW_BACKENDS": ",".join(urls), "COMFYFLOW_BACKEND_SLOTS": str(args.slots),
+           "COMFYFLOW_WORKER_CONCURRENCY": str(max(4, 4 * len(urls))),
            "COMFYFLOW_LOG_LEVEL": "WARNING", "COMFYFLOW_LIMITS__INTERNAL__BATCH_SIZE": "100000"}  # fmt: skip
     if prefect is None:
         env["COMFYFLOW_PREFECT_ENABLED"] = "false"
@@ -298,6 +299,7 @@ def main() -> None:
     parser.add_argument("--backends", default="1,2,4")
     parser.add_argument("--latency-jobs", type=int, default=15)
     parser.add_argument("--modes", default="off,on")
+    parser.add_argument("--slots", type=int, default=2, help="COMFYFLOW_BACKEND_SLOTS (the default is 2)")
     args = parser.parse_args()
     from comfyflow.testing.prefect_server import prefect_server
 

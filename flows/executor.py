@@ -46,6 +46,8 @@ log = structlog.get_logger("comfyflow.executor")
 DEPLOYMENT_NAME = "generate"
 #: How long closing the executor waits for the records still being sent.
 FLUSH_SECONDS = 10.0
+#: Prefect API calls one process makes at once.
+MAX_CALLS = 8
 
 
 class PrefectExecutor:
@@ -55,6 +57,8 @@ class PrefectExecutor:
         self.client: PrefectClient | None = None
         self.deployment_id: UUID | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        #: Prefect API calls in flight from this process: a burst of attempts queues here, not on the server.
+        self.calls = asyncio.Semaphore(MAX_CALLS)
 
     async def __aenter__(self) -> PrefectExecutor:
         self.client = get_client()
@@ -85,12 +89,9 @@ class PrefectExecutor:
             result = await record.step("store", store_step(ctx, prepared, rendered))
         except BaseException as exc:
             record.finish(final_state(ctx, exc))
-            if not isinstance(exc, asyncio.CancelledError):
-                await record.settled()
             raise
         adopted = " (adopted)" if rendered.adopted else ""
         record.finish(Completed(message=f"{len(result.artifacts)} artifact(s) from {rendered.backend}{adopted}"))
-        await record.settled()
         return result
 
     def background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -107,27 +108,29 @@ class PrefectExecutor:
         return tags
 
     async def open_run(self, ctx: AttemptContext) -> Any:
-        """The attempt's flow run, Running: created from the deployment, or the one the UI's Retry re-runs."""
+        """The attempt's flow run, Running: created from the deployment, or the one the UI's Retry re-runs. The
+        job names it once it exists (``flow_run_id``), even if the attempt has ended meanwhile."""
         assert self.client is not None and self.deployment_id is not None
         job, attempt = ctx.job, ctx.claim.attempt
         previous = ctx.raw.get("flow_run_id")
         reuse = ctx.raw.get("retry_flow_run_id")
         if previous and previous != reuse:
             self.background(self._crash_if_running(previous, attempt - 1))
-        if reuse:  # the UI's Retry: run the same flow run again (it waits in AwaitingRetry)
-            run = await self.client.read_flow_run(UUID(reuse))
-            await self.client.set_flow_run_state(run.id, Running(), force=True)
-            run.run_count += 1
-        else:
-            run = await self.client.create_flow_run_from_deployment(
-                self.deployment_id,
-                parameters={"job_id": job.job_id, "attempt": attempt},
-                name=f"{job.job_id[:12]}-attempt-{attempt}",
-                tags=self.tags_for(ctx),
-                idempotency_key=f"{job.job_id}:{attempt}",
-                state=Running(),
-            )
-        await ctx.update(flow_run_id=str(run.id))
+        async with self.calls:
+            if reuse:  # the UI's Retry: run the same flow run again (it waits in AwaitingRetry)
+                run = await self.client.read_flow_run(UUID(reuse))
+                await self.client.set_flow_run_state(run.id, Running(), force=True)
+                run.run_count += 1
+            else:
+                run = await self.client.create_flow_run_from_deployment(
+                    self.deployment_id,
+                    parameters={"job_id": job.job_id, "attempt": attempt},
+                    name=f"{job.job_id[:12]}-attempt-{attempt}",
+                    tags=self.tags_for(ctx),
+                    idempotency_key=f"{job.job_id}:{attempt}",
+                    state=Running(),
+                )
+        await ctx.runtime.store.annotate(job.job_id, attempt, flow_run_id=str(run.id))
         return run
 
     async def _crash_if_running(self, flow_run_id: str, attempt: int) -> None:
@@ -140,7 +143,13 @@ class PrefectExecutor:
 
     async def force_state(self, flow_run_id: UUID, state: State[Any]) -> None:
         assert self.client is not None
-        await asyncio.shield(self.client.set_flow_run_state(flow_run_id, state, force=True))
+        async with self.calls:
+            await asyncio.shield(self.client.set_flow_run_state(flow_run_id, state, force=True))
+
+    async def update_tags(self, flow_run_id: UUID, tags: list[str]) -> None:
+        assert self.client is not None
+        async with self.calls:
+            await self.client.update_flow_run(flow_run_id, tags=tags)
 
     async def _force(self, flow_run_id: UUID, state: Any) -> None:
         with contextlib.suppress(Exception):

@@ -15,7 +15,6 @@ server costs the GPU nothing: the render never awaits a Prefect round trip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable
@@ -51,9 +50,6 @@ INPUTS: dict[str, tuple[tuple[str, str | None], ...]] = {
     "render": (("ctx", None), ("prepared", "validate"), ("lease", "acquire_slot")),
     "store": (("ctx", None), ("prepared", "validate"), ("rendered", "render")),
 }
-#: How long the end of an attempt waits for its flow run to exist (so the job names it); Prefect slower than
-#: this only loses the job's ``flow_run_id`` field, never the job.
-SETTLE_SECONDS = 2.0
 
 
 class AttemptRecord:
@@ -95,11 +91,6 @@ class AttemptRecord:
                       f"job {self.ctx.job.job_id} attempt {self.ctx.claim.attempt}: {state.name}"
                       + (f": {state.message}" if state.message else ""))  # fmt: skip
         self._outbox.put_nowait(("final", state))
-
-    async def settled(self) -> None:
-        """Wait (bounded) until the flow run exists and the job names it."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self._opened), SETTLE_SECONDS)
 
     # --- building the records ---------------------------------------------------------------------------------
     def _task_run(self, name: str) -> TaskRun:
@@ -153,7 +144,7 @@ class AttemptRecord:
                     last_event = self._emit(*item, follows=last_event)
                 elif kind == "tag":
                     self.flow_run.tags = [*self.flow_run.tags, item]
-                    await self.executor.client.update_flow_run(self.flow_run.id, tags=self.flow_run.tags)
+                    await self.executor.update_tags(self.flow_run.id, self.flow_run.tags)
                 elif kind == "log":
                     self._log(*item)
                 elif kind == "final":

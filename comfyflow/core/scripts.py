@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 NAMES = (
+    "annotate",
     "submit",
     "claim",
     "heartbeat",

@@ -236,6 +236,12 @@ class JobStore:
         res = await self.scripts.run("update", [self.keys.job(claim.job_id), self.keys.events(claim.job_id)], args)
         return _s(res) == "ok"
 
+    async def annotate(self, job_id: str, attempt: int, **fields: Any) -> bool:
+        """Note fields about attempt ``attempt`` (running or ended, e.g. its flow run); False when the job has moved
+        on to another attempt or is gone. Never changes the job's state."""
+        res = await self.scripts.run("annotate", [self.keys.job(job_id)], [attempt, *_pairs(fields)])
+        return _s(res) == "ok"
+
     async def complete(self, claim: Claim, result: JobResult) -> bool:
         """running -> succeeded. Call only after every artifact and the metadata are stored and verified."""
         return await self._finish(

@@ -44,6 +44,17 @@ async def _flow_run(run_id: str) -> Any:
         return await client.read_flow_run(UUID(run_id))
 
 
+async def with_flow_run(rt: Runtime, job: Any, timeout: float = 20) -> Any:
+    """The job once it names its flow run (created beside the attempt: it may land after the job ended)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not job.flow_run_id:
+        assert loop.time() < deadline, f"job {job.job_id} never named its flow run"
+        await asyncio.sleep(0.05)
+        job = await rt.store.get(job.job_id)
+    return job
+
+
 async def _wait_state(run_id: str, name: str, timeout: float = 15) -> Any:
     for _ in range(int(timeout / 0.1)):
         run = await _flow_run(run_id)
@@ -59,9 +70,8 @@ async def test_attempt_is_a_flow_run_from_the_deployment(
     rt = await runtime_factory(backends=[fake.url], prefect_enabled=True)
     async with prefect_worker(rt, server_redis_url, prefect_api_url) as executor:
         job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2, priority="high", labels=["demo"]))).job
-        done = await wait_done(rt, job.job_id)
+        done = await with_flow_run(rt, await wait_done(rt, job.job_id))
     assert done.status == JobState.SUCCEEDED, done.error
-    assert done.flow_run_id
     run = await _wait_state(done.flow_run_id, "Completed")
     assert run.deployment_id == executor.deployment_id
     assert run.name == f"{job.job_id[:12]}-attempt-1"
@@ -107,7 +117,7 @@ async def test_ui_retry_runs_the_next_attempt_and_succeeds(
     rt = await runtime_factory(backends=[fake.url], prefect_enabled=True)
     async with prefect_worker(rt, server_redis_url, prefect_api_url):
         job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2))).job
-        failed = await wait_done(rt, job.job_id)
+        failed = await with_flow_run(rt, await wait_done(rt, job.job_id))
         assert failed.status == JobState.FAILED and failed.attempt == 1
         assert failed.error is not None and failed.error.code == "EXECUTION_ERROR"
         run_id = failed.flow_run_id

@@ -12,7 +12,7 @@ from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
 from comfyflow.models import JobState, Txt2ImgRequest
 from tests.core.conftest import wait_done
-from tests.flows.test_generate_flow import _wait_state, prefect_worker
+from tests.flows.test_generate_flow import _wait_state, prefect_worker, with_flow_run
 
 pytestmark = pytest.mark.prefect
 
@@ -26,7 +26,7 @@ async def test_request_id_tags_the_flow_run_and_its_log(
             req = Txt2ImgRequest(prompt="fox", width=64, height=64, steps=2)
             job = (await rt.store.submit(req, extra={"request_id": "req-prefect-7"})).job
             assert job is not None
-            done = await wait_done(rt, job.job_id)
+            done = await with_flow_run(rt, await wait_done(rt, job.job_id))
     assert done.status == JobState.SUCCEEDED and done.flow_run_id
     run = await _wait_state(done.flow_run_id, "Completed")
     assert "request:req-prefect-7" in run.tags

@@ -18,7 +18,7 @@ from comfyflow.embedded import ServiceURLs
 from comfyflow.models import JobState, Txt2ImgRequest
 from comfyflow.service import runner_for
 from tests.core.conftest import wait_done
-from tests.flows.test_generate_flow import _task_runs, _wait_state
+from tests.flows.test_generate_flow import _task_runs, _wait_state, with_flow_run
 
 pytestmark = pytest.mark.prefect
 
@@ -50,9 +50,11 @@ async def test_succeeded_failed_and_canceled_jobs_end_their_runs_completed_faile
     rt = await runtime_factory(backends=[fake.url], prefect_enabled=True)
     async with executor_for(rt, server_redis_url, prefect_api_url) as executor, worker(rt, executor):
         ok = await wait_done(rt, (await rt.store.submit(Txt2ImgRequest(prompt="ok", steps=2))).job.job_id)
+        ok = await with_flow_run(rt, ok)
 
         fake.faults.fail_node_types = {"KSampler"}  # a runtime error in ComfyUI: permanent, fails at once
         bad = await wait_done(rt, (await rt.store.submit(Txt2ImgRequest(prompt="bad", steps=2))).job.job_id)
+        bad = await with_flow_run(rt, bad)
         fake.faults.fail_node_types = set()
 
         fake.render_time = 8.0
@@ -63,7 +65,7 @@ async def test_succeeded_failed_and_canceled_jobs_end_their_runs_completed_faile
                 break
             await asyncio.sleep(0.05)
         assert await rt.store.cancel(slow.job_id) == "requested"  # what DELETE /api/v1/jobs/{id} does
-        canceled = await wait_done(rt, slow.job_id, timeout=15)
+        canceled = await with_flow_run(rt, await wait_done(rt, slow.job_id, timeout=15))
 
     assert ok.status == JobState.SUCCEEDED and ok.flow_run_id
     completed = await _wait_state(ok.flow_run_id, "Completed")
@@ -107,6 +109,11 @@ async def test_a_lost_workers_run_ends_crashed_and_the_next_attempt_completes(
         job_id, lost_run = await _ghost_attempt(rt, executor)
         async with worker(rt, executor):  # its reaper reclaims the job once the ghost's lease lapses
             done = await wait_done(rt, job_id, timeout=30)
+            for _ in range(200):  # attempt 2's run, once Prefect has made it
+                if done.flow_run_id != lost_run:
+                    break
+                await asyncio.sleep(0.05)
+                done = await rt.store.get(job_id)
     assert done.status == JobState.SUCCEEDED and done.attempt == 2
     crashed = await _wait_state(lost_run, "Crashed")
     assert "worker lost" in (crashed.state.message or "")

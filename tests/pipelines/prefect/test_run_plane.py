@@ -57,7 +57,8 @@ async def test_failed_step_retried_from_the_prefect_ui_and_the_pipeline_finishes
     waiting = await wait_for(http, url, lambda d: d["status"] == "waiting")
     assert "variation-0" in waiting["message"]
     second = step_job_id(run_id, "variation-0")
-    job = await get_json(http, f"{base}/api/v1/jobs/{second}")
+    # the job names its flow run once Prefect has made it (recorded beside the attempt, never in its way)
+    job = await wait_for(http, f"{base}/api/v1/jobs/{second}", lambda d: d["flow_run_id"])
     assert job["status"] == "failed" and job["error"]["code"] == "EXECUTION_ERROR"
     await flow_run_state(job["flow_run_id"], "Failed")
     fake.faults.fail_node_types = set()
@@ -112,7 +113,7 @@ async def test_batch_is_a_flow_run_named_and_tagged_with_its_items_linked(prefec
         items = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"label:batch:{bid}"]))
         )
-    jobs = [await get_json(http, f"{base}{i['links']['self']}") for i in done["items"]]
+    jobs = [await wait_for(http, f"{base}{i['links']['self']}", lambda d: d["flow_run_id"]) for i in done["items"]]
     assert sorted(str(r.id) for r in items) == sorted(j["flow_run_id"] for j in jobs)
     assert all(j["batch_id"] == bid for j in jobs)
 
