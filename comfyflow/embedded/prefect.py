@@ -61,8 +61,25 @@ def server_env(api_url: str, database_url: str, prefect_home: Path, **extra: str
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
         DO_NOT_TRACK="1",
     )
+    for name, value in SERVER_TUNING.items():  # PREFECT_* variables the user set win
+        env.setdefault(name, value)
     env.update(extra)
     return env
+
+
+#: How the server's event consumers batch their database writes. Prefect's defaults write every task-run event
+#: in its own transaction (batch size 1) and persist events 20 at a time: at one generation per GPU every fraction
+#: of a second that cost ~140 ms of server CPU per generation and the records fell minutes behind; in batches of
+#: a few hundred, flushed every second or two, ~80 ms and no backlog (benchmarks/PREFECT_PROFILE.md). Task runs
+#: and events then show in the UI up to a second or two after they happen.
+SERVER_TUNING = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "2",
+}
 
 
 def health(port: int, timeout: float = 2.0) -> bool | None:
