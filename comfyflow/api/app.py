@@ -13,6 +13,7 @@ from comfyflow.api import (
     access,
     admin,
     backends,
+    batch_grid,
     batches,
     errors,
     events,
@@ -31,6 +32,7 @@ from comfyflow.core.batches import BatchStore
 from comfyflow.core.links import Links
 from comfyflow.core.pipelines import PipelineRunStore
 from comfyflow.core.runtime import Runtime
+from comfyflow.core.sheets import ContactSheets
 from comfyflow.core.submission import Submitter
 from comfyflow.settings import Settings, load_settings
 
@@ -71,6 +73,7 @@ def create_app(
         app.blueprint(bp)
     app.blueprint(admin.bp)
     app.blueprint(batches.bp)  # /api/v1/batches
+    app.blueprint(batch_grid.bp)  # /api/v1/batches/{id}/grid (contact sheet)
     app.blueprint(pipelines.bp)  # /api/v1/pipelines, /api/v1/pipeline-runs
     app.blueprint(metrics.bp)  # /metrics: authenticated like any route; the fleet's numbers (comfyflow/metrics.py)
     app.blueprint(webhooks.bp)
@@ -98,6 +101,7 @@ def create_app(
         app.ctx.links = Links(settings, app.ctx.rt.storage)
         app.ctx.submitter = Submitter(app.ctx.rt)
         app.ctx.batches = BatchStore(app.ctx.rt.store)
+        app.ctx.sheets = ContactSheets(app.ctx.batches, app.ctx.rt.storage)
         app.ctx.pipeline_runs = PipelineRunStore(app.ctx.rt.store)
         app.ctx.stop = asyncio.Event()
         app.ctx.worker_task = None
