@@ -15,6 +15,7 @@ from comfyflow.api import (
     backends,
     batch_grid,
     batches,
+    console,
     errors,
     events,
     files,
@@ -74,6 +75,7 @@ def create_app(
     app.blueprint(admin.bp)
     app.blueprint(batches.bp)  # /api/v1/batches
     app.blueprint(batch_grid.bp)  # /api/v1/batches/{id}/grid (contact sheet)
+    app.blueprint(console.bp)  # /ui: the web console (static files; the script calls the API with a key)
     app.blueprint(pipelines.bp)  # /api/v1/pipelines, /api/v1/pipeline-runs
     app.blueprint(metrics.bp)  # /metrics: authenticated like any route; the fleet's numbers (comfyflow/metrics.py)
     app.blueprint(webhooks.bp)
@@ -127,7 +129,7 @@ def create_app(
 
 async def _authenticate(request: Request) -> None:
     path = request.path
-    if path in PUBLIC or path.startswith(SIGNED_PREFIX) or request.method == "OPTIONS":
+    if path in PUBLIC or path in console.PUBLIC_PATHS or path.startswith(SIGNED_PREFIX) or request.method == "OPTIONS":
         return
     request.ctx.principal = await request.app.ctx.policy.authenticate(request)
 
