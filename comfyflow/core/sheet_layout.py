@@ -24,7 +24,7 @@ AUTO_SHEET_PIXELS = 4_000_000
 AUTO_CELL_MAX = 256
 
 # Geometry (pixels); the tests read it back to find labels and cells.
-PAD, GAP, TITLE_H, LABEL_H, ROW_LABEL_W = 8, 4, 22, 34, 120
+PAD, GAP, TITLE_H, LABEL_H, ROW_LABEL_W = 8, 4, 22, 34, 150
 
 
 @dataclass(frozen=True)

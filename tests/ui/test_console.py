@@ -183,7 +183,9 @@ def test_a_sweeps_contact_sheet_fills_in(browser: Any, live: LiveConsole) -> Non
     time.sleep(0.2)  # the last sheet request after the batch finished
     until(browser, lambda d: sheet.get_attribute("data-etag") != etags[0], what="the sheet changed")
     batch_id = browser.current_url.rsplit("/", 1)[1]
-    status, headers, data = api(live, f"/api/v1/batches/{batch_id}/grid?x=seed&y=prompt")
+    query = sheet.get_attribute("data-query")
+    assert re.fullmatch(r"\?x=seed&y=prompt&cell=\d+", query), query
+    status, headers, data = api(live, f"/api/v1/batches/{batch_id}/grid{query}")
     assert status == 200
     until(browser, lambda d: sheet.get_attribute("data-etag") == headers["ETag"], what="the final sheet shown")
     shown = browser.execute_script(  # the pixels the page shows, read back through a canvas

@@ -435,10 +435,19 @@ async function batchPage(main, batchId) {
   let url = null;
   let alive = true;
   onCleanup(() => { alive = false; if (url) URL.revokeObjectURL(url); });
+  // cells sized so the sheet fits the page's width (the server caps them at 16..512 pixels)
   const query = () => {
-    if (!controls) return "";
-    const f = new FormData(controls);
-    return `?x=${encodeURIComponent(f.get("x"))}&y=${encodeURIComponent(f.get("y"))}`;
+    const params = new URLSearchParams();
+    let columns = Math.ceil(Math.sqrt(batch.total));
+    if (controls) {
+      const f = new FormData(controls);
+      params.set("x", f.get("x"));
+      params.set("y", f.get("y"));
+      columns = batch.axes[f.get("x")];
+    } else if (axes.length === 1) columns = batch.axes[axes[0]];
+    const width = sheet.parentElement.clientWidth - 2 * 16 - 170;
+    params.set("cell", String(Math.max(16, Math.min(256, Math.floor(width / columns) - 4))));
+    return "?" + params.toString();
   };
   if (controls) controls.addEventListener("change", () => { etag = null; refreshSheet(); });
   const drawHead = () => {
@@ -463,7 +472,8 @@ async function batchPage(main, batchId) {
   const refreshSheet = async () => {
     const headers = { Authorization: `Bearer ${state.key}` };
     if (etag) headers["If-None-Match"] = etag;
-    const r = await fetch(`/api/v1/batches/${batchId}/grid${query()}`, { headers, cache: "no-store" });
+    const q = query();
+    const r = await fetch(`/api/v1/batches/${batchId}/grid${q}`, { headers, cache: "no-store" });
     if (r.status === 304) return;
     if (!r.ok) { showError(new ApiError(r.status, await r.json().catch(() => null))); return; }
     etag = r.headers.get("ETag");
@@ -473,15 +483,17 @@ async function batchPage(main, batchId) {
     url = URL.createObjectURL(blob);
     sheet.src = url;
     sheet.dataset.etag = etag || "";
+    sheet.dataset.query = q;
   };
   drawHead();
-  while (alive) {
+  for (;;) {  // counts and sheet read together, so they agree
     try {
       await refreshSheet();
       if (!ACTIVE.has(batch.status)) return;
       await sleep(1500);
       if (!alive) return;
       batch = await api(`/api/v1/batches/${batchId}?limit=0`);
+      if (!alive) return;
       drawHead();
     } catch (err) { showError(err); return; }
   }
