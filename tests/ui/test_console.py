@@ -134,6 +134,25 @@ def test_sign_in_submit_watch_progress_to_the_end_and_see_the_image(browser: Any
     css(browser, f"tr[data-job='{job_id}'] .status[data-status=succeeded]")
 
 
+def test_img2img_with_an_upload(browser: Any, live: LiveConsole, tmp_path: Any) -> None:
+    live.fake.render_time = 0.3
+    source = tmp_path / "input.png"
+    Image.new("RGB", (96, 64), (20, 120, 200)).save(source)
+    sign_in(browser, live.key)
+    go(browser, "#/new")
+    css(browser, "#new-job input[name=kind][value=img2img]").click()
+    css(browser, "#img2img input[name=image]").send_keys(str(source))
+    css(browser, "#new-job textarea[name=prompt]").send_keys("the same, at night")
+    css(browser, "#new-job button[type=submit]").click()
+    css(browser, "#job")
+    until(browser, lambda d: job_status(d) == "succeeded", what="img2img succeeded")
+    loaded = "const i = document.querySelector('img[data-test=artifact]'); return i && i.complete && i.naturalWidth"
+    assert until(browser, lambda d: d.execute_script(loaded), what="the image loaded") == 512  # scaled to the form
+    job = json.loads(api(live, f"/api/v1/jobs/{browser.current_url.rsplit('/', 1)[1]}")[2])
+    assert job["request"]["kind"] == "img2img" and job["request"]["denoise"] == 0.75
+    assert re.fullmatch(r"[0-9a-f]{32}", job["request"]["init_image"])
+
+
 def test_cancel_a_running_job_then_retry_it(browser: Any, live: LiveConsole) -> None:
     live.fake.render_time = 60.0
     try:
