@@ -17,7 +17,7 @@ from selenium.common.exceptions import NoSuchElementException, StaleElementRefer
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from comfyflow.testing.browser import LiveConsole
 
@@ -182,7 +182,7 @@ def test_a_sweeps_contact_sheet_fills_in(browser: Any, live: LiveConsole) -> Non
     sign_in(browser, live.key)
     go(browser, "#/sweep")
     css(browser, "#new-sweep textarea[name=prompts]").send_keys("a red fox\na grey cat")
-    for name, value in (("seeds", "1, 2, 3"), ("cfgs", "7"), ("stepss", "4"), ("width", "128"), ("height", "128")):
+    for name, value in (("seeds", "1, 2, 3"), ("cfgs", "5, 7"), ("stepss", "4"), ("width", "128"), ("height", "128")):
         field = css(browser, f"#new-sweep input[name={name}]")
         field.clear()
         field.send_keys(value)
@@ -203,7 +203,7 @@ def test_a_sweeps_contact_sheet_fills_in(browser: Any, live: LiveConsole) -> Non
     until(browser, lambda d: sheet.get_attribute("data-etag") != etags[0], what="the sheet changed")
     batch_id = browser.current_url.rsplit("/", 1)[1]
     query = sheet.get_attribute("data-query")
-    assert re.fullmatch(r"\?x=seed&y=prompt&cell=\d+", query), query
+    assert re.fullmatch(r"\?x=seed&y=prompt&z=cfg_scale&z_index=0&cell=\d+", query), query
     status, headers, data = api(live, f"/api/v1/batches/{batch_id}/grid{query}")
     assert status == 200
     until(browser, lambda d: sheet.get_attribute("data-etag") == headers["ETag"], what="the final sheet shown")
@@ -218,7 +218,11 @@ def test_a_sweeps_contact_sheet_fills_in(browser: Any, live: LiveConsole) -> Non
     assert page_sheet.size == api_sheet.size
     assert max(ImageStat.Stat(ImageChops.difference(page_sheet, api_sheet)).mean) < 1.0  # the finished sheet
     assert len(set(etags)) >= 2, etags  # it was shown while it filled in, then again when done
-    assert "6" in css(browser, "#counts").text
+    assert "12" in css(browser, "#counts").text
+    Select(css(browser, "#axes select[name=z_index]")).select_by_index(1)  # the sheet of the second cfg_scale
+    until(browser, lambda d: "z_index=1" in (sheet.get_attribute("data-query") or ""), what="the other z sheet")
+    status, headers, _ = api(live, f"/api/v1/batches/{batch_id}/grid{sheet.get_attribute('data-query')}")
+    assert status == 200 and sheet.get_attribute("data-etag") == headers["ETag"] != etags[-1]
 
 
 def test_errors_csp_keyboard_and_phone_width(browser: Any, live: LiveConsole) -> None:

@@ -428,7 +428,17 @@ async function batchPage(main, batchId) {
   const sheet = h("img", { class: "sheet", id: "sheet", alt: `contact sheet of batch ${batch.name || short(batchId)}` });
   const pick = (name, chosen) => h("label", {}, `${name} axis`, h("select", { name },
     axes.map((a) => h("option", { value: a, selected: a === chosen }, a))));
-  const controls = axes.length > 1 ? h("form", { class: "fields", id: "axes" }, pick("x", axes[0]), pick("y", axes[1])) : null;
+  // a third swept field: one sheet per value (z and which of its values)
+  const zValue = h("select", { name: "z_index" });
+  const fillZ = (z) => zValue.replaceChildren(...Array.from({ length: batch.axes[z] || 0 },
+    (_, i) => h("option", { value: i }, `${i + 1} of ${batch.axes[z]}`)));
+  const zPick = axes.length > 2 ? pick("z", axes[2]) : null;
+  if (zPick) {
+    fillZ(axes[2]);
+    zPick.querySelector("select").addEventListener("change", (e) => fillZ(e.target.value));
+  }
+  const controls = axes.length > 1 ? h("form", { class: "fields", id: "axes" }, pick("x", axes[0]), pick("y", axes[1]),
+    zPick, zPick ? h("label", {}, "z value", zValue) : null) : null;
   main.append(h("h1", {}, "Batch ", h("span", { class: "muted" }, batch.name || batchId)),
     h("section", { class: "card" }, head, h("h2", {}, "Contact sheet"), controls, sheet));  // h() drops a null
   let etag = null;
@@ -443,6 +453,7 @@ async function batchPage(main, batchId) {
       const f = new FormData(controls);
       params.set("x", f.get("x"));
       params.set("y", f.get("y"));
+      if (zPick) { params.set("z", f.get("z")); params.set("z_index", f.get("z_index") || "0"); }
       columns = batch.axes[f.get("x")];
     } else if (axes.length === 1) columns = batch.axes[axes[0]];
     const width = sheet.parentElement.clientWidth - 2 * 16 - 170;
