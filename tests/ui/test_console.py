@@ -84,8 +84,10 @@ def job_status(driver: Any) -> str:
     return str(driver.execute_script("const s = document.querySelector('#job .status'); return s && s.dataset.status"))
 
 
-def api(live: LiveConsole, path: str, key: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(f"{live.base}{path}", headers={"Authorization": f"Bearer {key or live.key}"})
+def api(live: LiveConsole, path: str, key: str | None = None, body: Any = None) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Authorization": f"Bearer {key or live.key}", "Content-Type": "application/json"}
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{live.base}{path}", data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, dict(r.headers), r.read()
@@ -249,11 +251,19 @@ def test_errors_csp_keyboard_and_phone_width(browser: Any, live: LiveConsole) ->
     assert browser.switch_to.active_element.text == "New job"
     keyboard.send_keys(Keys.ENTER).perform()
     css(browser, "#new-job")
-    browser.set_window_size(390, 844)  # a phone
-    for hash_, selector in (("#/new", "#new-job"), ("#/jobs", "#jobs"), ("#/sweep", "#new-sweep")):
-        go(browser, hash_)
-        css(browser, selector)
-        overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 0, (hash_, overflow)
+    phone = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", phone)  # (a headless window is >= 500 wide)
+    try:
+        assert browser.execute_script("return window.innerWidth") == 390
+        sweep = {"base": {"prompt": "fox", "width": 64, "height": 64, "steps": 1}, "sweep": {"seed": [1, 2, 3, 4]}}
+        batch = json.loads(api(live, "/api/v1/batches", body=sweep)[2])["batch_id"]
+        pages = (("#/new", "#new-job"), ("#/jobs", "#jobs"), ("#/sweep", "#new-sweep"), (f"#/batches/{batch}", "#sheet"))
+        for hash_, selector in pages:
+            go(browser, hash_)
+            css(browser, selector)
+            overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, (hash_, overflow)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     violations = [e for e in browser.get_log("browser") if "Content Security Policy" in e.get("message", "")]
     assert not violations, violations
