@@ -257,7 +257,8 @@ def test_errors_csp_keyboard_and_phone_width(browser: Any, live: LiveConsole) ->
         assert browser.execute_script("return window.innerWidth") == 390
         sweep = {"base": {"prompt": "fox", "width": 64, "height": 64, "steps": 1}, "sweep": {"seed": [1, 2, 3, 4]}}
         batch = json.loads(api(live, "/api/v1/batches", body=sweep)[2])["batch_id"]
-        pages = (("#/new", "#new-job"), ("#/jobs", "#jobs"), ("#/sweep", "#new-sweep"), (f"#/batches/{batch}", "#sheet"))
+        pages = (("#/new", "#new-job"), ("#/jobs", "#jobs"), ("#/sweep", "#new-sweep"),
+                 (f"#/batches/{batch}", "#sheet"))  # fmt: skip
         for hash_, selector in pages:
             go(browser, hash_)
             css(browser, selector)
