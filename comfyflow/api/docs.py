@@ -146,6 +146,7 @@ def _more_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                                                          extra_ok=("202",))},
         "/api/v1/pipeline-runs/{run_id}/retry": {"post": _op("Retry a failed pipeline run", "202", params=[rid])},
         "/api/v1/me": {"get": _op("Who you are", "200")},
+        "/api/v1/console": {"get": _op("What the web console (/ui) needs: the Prefect UI's address", "200")},
         "/api/v1/keys": {"get": _op("Your API keys", "200")},
         "/api/v1/keys/{key_id}": {"delete": _op("Revoke one of your keys", "200", params=[kid])},
         "/api/v1/admin/users": {"get": _op("Users (INTERNAL)", "200"),

@@ -88,5 +88,5 @@ def render(sheet: Sheet, cell: int, thumbs: dict[int, Image.Image], states: dict
             draw.text((x0 + cell // 2, y0 + cell // 2), _fit(draw, state, cell - 4, label_size), fill=(70, 70, 70),
                       font=font(label_size), anchor="mm")  # fmt: skip
     out = io.BytesIO()
-    img.save(out, format="PNG", optimize=False, compress_level=6)
+    img.save(out, format="PNG", compress_level=1)  # fast: a sheet is redrawn as items finish
     return out.getvalue()
