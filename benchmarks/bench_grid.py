@@ -28,11 +28,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from comfyflow.core.sheet_layout import sweep_sheet  # noqa: E402
-from comfyflow.core.sheets import ContactSheets, Plan  # noqa: E402
-from comfyflow.models import Artifact, Job, JobResult, JobState  # noqa: E402
+from comfyflow.core.sheet_layout import sweep_sheet
+from comfyflow.core.sheets import ContactSheets, Plan
+from comfyflow.models import Artifact, Job, JobResult, JobState
 
 
 def png(size: int, seed: int) -> bytes:
