@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 RoleName = Literal["free", "pro", "internal"]
 
@@ -43,13 +43,27 @@ class RoleLimits(BaseModel):
     daily_jobs: int | None = Field(ge=0, description="Jobs per UTC day (batch items count one each); 402 above.")
     concurrent_jobs: int | None = Field(ge=1, description="Jobs running at once; more wait queued.")
     requests_per_minute: int | None = Field(ge=1, description="Authenticated requests per sliding minute; 429 above.")
-    batch_size: int = Field(ge=1, description="Items in one batch.")
-    max_images_per_job: int = Field(ge=1, description="batch_size of one txt2img/img2img job.")
+    max_batch_items: int | None = Field(
+        ge=1,
+        description="Items (jobs) in one batch, sweep combinations included; none = up to COMFYFLOW_MAX_BATCH_ITEMS.",
+    )
+    max_images_per_job: int = Field(ge=1, description="Images one job makes: batch_size of one txt2img/img2img job.")
     max_megapixels: float = Field(gt=0, description="width x height of one image, in 1024x1024 megapixels.")
     url_ttl_seconds: int = Field(ge=10, description="Lifetime of artifact links handed to this role.")
     retention_days: int = Field(ge=1, description="How long this role's artifacts are kept.")
 
-    @field_validator("daily_jobs", "concurrent_jobs", "requests_per_minute", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # `batch_size` was this limit's old name, easily confused with a job's own batch_size (images per job).
+        if isinstance(data, dict) and "batch_size" in data:
+            if "max_batch_items" in data:
+                raise ValueError("batch_size is the old name of max_batch_items; set only max_batch_items")
+            data = {**data, "max_batch_items": data["batch_size"]}
+            del data["batch_size"]
+        return data
+
+    @field_validator("daily_jobs", "concurrent_jobs", "requests_per_minute", "max_batch_items", mode="before")
     @classmethod
     def _unlimited(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in UNLIMITED:
@@ -65,7 +79,7 @@ class FreeLimits(RoleLimits):
     daily_jobs: int | None = 10
     concurrent_jobs: int | None = 1
     requests_per_minute: int | None = 5
-    batch_size: int = 1
+    max_batch_items: int | None = 10  # its whole day's quota in one sweep
     max_images_per_job: int = 1
     max_megapixels: float = 1.0
     url_ttl_seconds: int = 3600
@@ -76,7 +90,7 @@ class ProLimits(RoleLimits):
     daily_jobs: int | None = 100
     concurrent_jobs: int | None = 3
     requests_per_minute: int | None = 20
-    batch_size: int = 4
+    max_batch_items: int | None = 100
     max_images_per_job: int = 4
     max_megapixels: float = 2.25
     url_ttl_seconds: int = 86400
@@ -87,7 +101,7 @@ class InternalLimits(RoleLimits):
     daily_jobs: int | None = None
     concurrent_jobs: int | None = 10
     requests_per_minute: int | None = None
-    batch_size: int = 10
+    max_batch_items: int | None = None  # up to COMFYFLOW_MAX_BATCH_ITEMS
     max_images_per_job: int = 10
     max_megapixels: float = 4.0
     url_ttl_seconds: int = 7 * 86400
@@ -95,7 +109,8 @@ class InternalLimits(RoleLimits):
 
 
 class Limits(BaseModel):
-    """Limits of each role (the seed's quotas by default)."""
+    """Limits of each role (the seed's quotas by default; batch items sized for sweeps, not the seed's ten-request
+    batch endpoint)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -1,4 +1,5 @@
-"""``comfyflow batch``: submit a batch from a YAML (or JSON) file, watch it with a progress bar, cancel, retry.
+"""``comfyflow batch``: submit a batch from a YAML (or JSON) file, watch it with a progress bar, cancel, retry,
+save its contact sheet.
 
 A client of the API over HTTP (aiohttp): ``--url``/``--api-key`` or ``COMFYFLOW_URL``/``COMFYFLOW_API_KEY``.
 The file is the body of ``POST /api/v1/batches``::
@@ -80,6 +81,14 @@ class Api:
                     raise
                 await asyncio.sleep(1.0)
         raise AssertionError("unreachable")
+
+    async def fetch(self, path: str, params: dict[str, str]) -> bytes:
+        """The raw bytes of a GET (e.g. a PNG); an error answer raises ApiFailed."""
+        assert self.session is not None
+        async with self.session.get(f"{self.url}{path}", params=params) as r:
+            if r.status >= 400:
+                raise ApiFailed(r.status, await r.json(content_type=None))
+            return await r.read()
 
 
 def load_body(path: Path) -> dict[str, Any]:
@@ -224,3 +233,35 @@ def retry(
     batch = _run(main())
     if watch_:
         _ended(batch)
+
+
+@batch_app.command("grid")
+def grid(
+    batch_id: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to save the PNG ('-' writes stdout).")],
+    x: Annotated[str | None, typer.Option(help="Swept field along x (default: the first).")] = None,
+    y: Annotated[str | None, typer.Option(help="Swept field along y (default: the second).")] = None,
+    z: Annotated[str | None, typer.Option(help="Third swept field: one sheet per value.")] = None,
+    z_index: Annotated[int | None, typer.Option(help="Which value of z (0-based).")] = None,
+    fix: Annotated[str | None, typer.Option(help="Other swept fields held at a value: name:index,...")] = None,
+    cell: Annotated[int | None, typer.Option(help="Cell edge in pixels (16..512; default: fits the sheet).")] = None,
+    offset: Annotated[int | None, typer.Option(help="Items list: first item shown.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Items list: how many items.")] = None,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Save the batch's contact sheet (GET /api/v1/batches/{id}/grid): finished items' images, placeholders for
+    the rest."""
+    given = {"x": x, "y": y, "z": z, "z_index": z_index, "fix": fix, "cell": cell, "offset": offset, "limit": limit}
+    params = {k: str(v) for k, v in given.items() if v is not None}
+
+    async def main() -> bytes:
+        async with Api(url, api_key) as api:
+            return await api.fetch(f"/api/v1/batches/{batch_id}/grid", params)
+
+    data = _run(main())
+    if str(output) == "-":
+        typer.get_binary_stream("stdout").write(data)
+        return
+    output.write_bytes(data)
+    err.print(f"contact sheet of batch {batch_id} saved to {output} ({len(data)} bytes)")

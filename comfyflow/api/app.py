@@ -13,7 +13,9 @@ from comfyflow.api import (
     access,
     admin,
     backends,
+    batch_grid,
     batches,
+    console,
     errors,
     events,
     files,
@@ -31,6 +33,7 @@ from comfyflow.core.batches import BatchStore
 from comfyflow.core.links import Links
 from comfyflow.core.pipelines import PipelineRunStore
 from comfyflow.core.runtime import Runtime
+from comfyflow.core.sheets import ContactSheets
 from comfyflow.core.submission import Submitter
 from comfyflow.settings import Settings, load_settings
 
@@ -71,6 +74,8 @@ def create_app(
         app.blueprint(bp)
     app.blueprint(admin.bp)
     app.blueprint(batches.bp)  # /api/v1/batches
+    app.blueprint(batch_grid.bp)  # /api/v1/batches/{id}/grid (contact sheet)
+    app.blueprint(console.bp)  # /ui: the web console (static files; the script calls the API with a key)
     app.blueprint(pipelines.bp)  # /api/v1/pipelines, /api/v1/pipeline-runs
     app.blueprint(metrics.bp)  # /metrics: authenticated like any route; the fleet's numbers (comfyflow/metrics.py)
     app.blueprint(webhooks.bp)
@@ -98,6 +103,7 @@ def create_app(
         app.ctx.links = Links(settings, app.ctx.rt.storage)
         app.ctx.submitter = Submitter(app.ctx.rt)
         app.ctx.batches = BatchStore(app.ctx.rt.store)
+        app.ctx.sheets = ContactSheets(app.ctx.batches, app.ctx.rt.storage)
         app.ctx.pipeline_runs = PipelineRunStore(app.ctx.rt.store)
         app.ctx.stop = asyncio.Event()
         app.ctx.worker_task = None
@@ -123,7 +129,7 @@ def create_app(
 
 async def _authenticate(request: Request) -> None:
     path = request.path
-    if path in PUBLIC or path.startswith(SIGNED_PREFIX) or request.method == "OPTIONS":
+    if path in PUBLIC or path in console.PUBLIC_PATHS or path.startswith(SIGNED_PREFIX) or request.method == "OPTIONS":
         return
     request.ctx.principal = await request.app.ctx.policy.authenticate(request)
 

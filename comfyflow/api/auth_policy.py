@@ -217,11 +217,13 @@ class AuthPolicy:
             )
 
     async def check_batch(self, principal: Principal, size: int) -> None:
-        limit = self.limits(principal).batch_size
-        if size > limit:
+        """The role's items per batch (``max_batch_items``; not ``batch_size``, which is images per job)."""
+        limit = self.limits(principal).max_batch_items
+        if limit is not None and size > limit:
             role = principal.role.value
             raise Forbidden(
-                f"A batch of {size} items is more than role {role} may send at once ({limit}); send smaller batches.",
+                f"A batch of {size} items is more than role {role} may send in one batch ({limit} items, "
+                f"COMFYFLOW_LIMITS__{role.upper()}__MAX_BATCH_ITEMS); split it into batches of at most {limit}.",
                 details={"field": "items", "value": size, "limit": limit, "role": role},
             )
 

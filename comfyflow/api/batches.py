@@ -38,8 +38,11 @@ async def own_batch(request: Request, batch_id: str) -> Batch:
 
 
 def batch_view(batch: Batch) -> dict[str, Any]:
-    data = batch.model_dump(mode="json", exclude={"owner"})
-    data["links"] = {"self": f"/api/v1/batches/{batch.batch_id}", "retry": f"/api/v1/batches/{batch.batch_id}/retry"}
+    data = batch.model_dump(mode="json", exclude={"owner", "sweep"})
+    # the swept fields and how many values each has (the values themselves can be long prompts)
+    data["axes"] = {name: len(values) for name, values in (batch.sweep or {}).items()}
+    base = f"/api/v1/batches/{batch.batch_id}"
+    data["links"] = {"self": base, "retry": f"{base}/retry", "grid": f"{base}/grid"}
     return data
 
 
@@ -74,7 +77,7 @@ async def create_batch(request: Request) -> HTTPResponse:
     principal = request.ctx.principal
     batch_id = new_batch_id()
     items = expand(spec, batch_id=batch_id, max_items=settings.max_batch_items)
-    await ctx.policy.check_batch(principal, len(items))  # the role's batch size (403)
+    await ctx.policy.check_batch(principal, len(items))  # the role's items per batch (403)
     checked: set[str] = set()
     uploads: set[str] = set()
     for req in items:
@@ -115,6 +118,7 @@ async def create_batch(request: Request) -> HTTPResponse:
     created = await store.create(
         items, owner=principal.id, batch_id=batch_id, name=spec.name, priority=spec.priority, labels=spec.labels,
         role=principal.role.value, extra=ctx.policy.job_fields(principal), daily_quota=quota, idempotency=idem,
+        sweep=spec.sweep if spec.base is not None else None,
     )  # fmt: skip
     if created.outcome == "quota":
         raise QuotaExceeded(

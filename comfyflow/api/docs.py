@@ -87,6 +87,32 @@ def _path(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def _grid_op(bid: dict[str, Any]) -> dict[str, Any]:
+    """The contact sheet: a PNG, its ETag, and the query that picks axes, windows and the cell size."""
+    def q(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "schema": schema, "description": desc}
+
+    text = {"type": "string", "minLength": 1, "maxLength": 100}
+    count = {"type": "integer", "minimum": 1, "maximum": 1_000_000}
+    start = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
+    params = [bid, q("x", text, "Swept field along x (default: the first)"),
+              q("y", text, "Swept field along y (default: the second)"),
+              q("z", text, "A third swept field: one sheet per value (default: the third)"),
+              q("z_index", start, "Which value of z"), q("fix", {"type": "string"}, "Other fields: name:index,..."),
+              q("x_offset", start, "First x value"), q("x_limit", count, "How many x values"),
+              q("y_offset", start, "First y value"), q("y_limit", count, "How many y values"),
+              q("offset", start, "Items list: first item"), q("limit", count, "Items list: how many"),
+              q("columns", count, "Items list: columns"),
+              q("cell", {"type": "integer", "minimum": 16, "maximum": 512}, "Cell edge in pixels"),
+              {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}]
+    return {"summary": "The batch's contact sheet (PNG)", "parameters": params, "responses": {
+        "200": {"description": "the sheet", "content": {"image/png": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}},
+        "304": {"description": "not changed since the ETag sent in If-None-Match"},
+        "default": {"description": "error (the envelope)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}  # fmt: skip
+
+
 def _more_paths(schemas: dict[str, Any]) -> dict[str, Any]:
     """Batches, pipelines, keys, admin and backends."""
     from comfyflow.api.admin import NewKey, NewUser, UserChange
@@ -110,6 +136,7 @@ def _more_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                                        "delete": _op("Cancel the rest of a batch", "200", params=[bid],
                                                      extra_ok=("202",))},
         "/api/v1/batches/{batch_id}/retry": {"post": _op("Re-run failed items", "202", params=[bid])},
+        "/api/v1/batches/{batch_id}/grid": {"get": _grid_op(bid)},
         "/api/v1/pipelines": {"get": _op("Registered pipelines", "200")},
         "/api/v1/pipelines/{name}": {"get": _op("A pipeline and its parameters", "200", params=[name])},
         "/api/v1/pipelines/{name}/runs": {"post": _op("Start a pipeline run", "202", params=[name], body=run)},
@@ -119,6 +146,7 @@ def _more_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                                                          extra_ok=("202",))},
         "/api/v1/pipeline-runs/{run_id}/retry": {"post": _op("Retry a failed pipeline run", "202", params=[rid])},
         "/api/v1/me": {"get": _op("Who you are", "200")},
+        "/api/v1/console": {"get": _op("What the web console (/ui) needs: the Prefect UI's address", "200")},
         "/api/v1/keys": {"get": _op("Your API keys", "200")},
         "/api/v1/keys/{key_id}": {"delete": _op("Revoke one of your keys", "200", params=[kid])},
         "/api/v1/admin/users": {"get": _op("Users (INTERNAL)", "200"),

@@ -34,7 +34,7 @@ class Policy(Protocol):
         ...
 
     async def check_batch(self, principal: Principal, size: int) -> None:
-        """Raises Forbidden when this caller may not send a batch of ``size`` items (its role's batch size)."""
+        """Raises Forbidden when this caller may not send a batch of ``size`` items (its role's items per batch)."""
         ...
 
 

@@ -83,6 +83,9 @@ class Batch(BaseModel):
     flow_run_id: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
+    sweep: dict[str, list[Any]] | None = Field(
+        default=None, description="The swept fields and their values, in the order the items were expanded."
+    )
 
 
 def new_batch_id() -> str:
@@ -198,6 +201,7 @@ class BatchStore:
         extra: dict[str, Any] | None = None,
         daily_quota: tuple[str, int] | None = None,
         idempotency: tuple[str, str] | None = None,
+        sweep: dict[str, list[Any]] | None = None,
     ) -> Created:
         """Create the batch and a queued job per request, atomically.
 
@@ -206,6 +210,7 @@ class BatchStore:
             extra: more fields for every item's job hash (e.g. the caller's role).
             daily_quota: (counter key, limit): the batch is refused unless all its items fit.
             idempotency: (redis key, body fingerprint), or None.
+            sweep: the swept fields and values the items were expanded from (for contact sheets), or None.
         """
         batch_id = batch_id or new_batch_id()
         now = self.store.clock()
@@ -220,6 +225,8 @@ class BatchStore:
             "created_at": repr(now),
             "cancel": "0",
         }
+        if sweep:
+            record["sweep"] = json.dumps(sweep, separators=(",", ":"))
         args: list[Any] = []
         for request in requests:
             job_id = uuid.uuid4().hex
@@ -286,6 +293,7 @@ class BatchStore:
             flow_run_id=rec.get("flow_run_id") or None,
             created_at=_ts(rec.get("created_at")) or datetime.now(UTC),
             finished_at=finished_at,
+            sweep=json.loads(rec["sweep"]) if rec.get("sweep") else None,
         )
 
     async def _finished(self, batch_id: str) -> datetime:

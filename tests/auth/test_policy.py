@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pydantic
 import pytest
 from redis.asyncio import Redis
 
@@ -26,13 +27,26 @@ def who(role: Role) -> Principal:
     return Principal(id=f"u_{role.value}", role=role)
 
 
-async def test_batch_size_per_role(policy: AuthPolicy) -> None:
-    for role, limit in ((Role.FREE, 1), (Role.PRO, 4), (Role.INTERNAL, 10)):
+async def test_items_per_batch_per_role(policy: AuthPolicy, make_settings: Any) -> None:
+    for role, limit in ((Role.FREE, 10), (Role.PRO, 100)):
         await policy.check_batch(who(role), limit)
         with pytest.raises(Forbidden) as exc:
             await policy.check_batch(who(role), limit + 1)
         assert exc.value.details["limit"] == limit
+        assert f"COMFYFLOW_LIMITS__{role.value.upper()}__MAX_BATCH_ITEMS" in exc.value.message
+    # INTERNAL: a whole sweep, up to COMFYFLOW_MAX_BATCH_ITEMS (enforced when the batch is expanded)
+    await policy.check_batch(who(Role.INTERNAL), make_settings().max_batch_items)
     await OpenPolicy().check_batch(LOCAL, 10_000)
+
+
+def test_the_two_limits_have_distinct_names_and_the_old_name_still_reads(make_settings: Any) -> None:
+    limits = make_settings(limits={"pro": {"batch_size": 7, "max_images_per_job": 2}}).limits.pro
+    assert (limits.max_batch_items, limits.max_images_per_job) == (7, 2)
+    assert "batch_size" not in limits.model_dump()  # /api/v1/me names them max_batch_items and max_images_per_job
+    unlimited = make_settings(limits={"free": {"max_batch_items": "none"}}).limits.free
+    assert unlimited.max_batch_items is None
+    with pytest.raises(pydantic.ValidationError, match="old name of max_batch_items"):
+        make_settings(limits={"free": {"batch_size": 2, "max_batch_items": 3}})
 
 
 async def test_graph_sizes_and_limits_recorded(policy: AuthPolicy, redis: Redis, prefix: str) -> None:

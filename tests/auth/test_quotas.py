@@ -123,8 +123,12 @@ async def test_a_parked_job_can_be_canceled(
     await redis.aclose()
 
 
-async def test_batches_obey_the_role_batch_size_and_count_each_item(auth_api: Any, http: aiohttp.ClientSession) -> None:
-    api = await auth_api(run_worker=False, limits={**FAST, "free": {"requests_per_minute": 10_000, "batch_size": 20}})
+async def test_batches_obey_the_role_items_per_batch_and_count_each_item(
+    auth_api: Any, http: aiohttp.ClientSession
+) -> None:
+    limits = {"free": {"requests_per_minute": 10_000, "max_batch_items": 20},
+              "pro": {"requests_per_minute": 10_000, "max_batch_items": 4}}  # fmt: skip
+    api = await auth_api(run_worker=False, limits=limits)
     free, pro = await api.key(Role.FREE), await api.key(Role.PRO)
 
     async def batch(key: str, n: int) -> tuple[int, Any]:
@@ -139,3 +143,22 @@ async def test_batches_obey_the_role_batch_size_and_count_each_item(auth_api: An
     assert status == 402 and answer["error"]["code"] == "QUOTA_EXCEEDED"
     assert (await batch(free, 10))[0] == 202  # each item counts: the day's quota is now used up
     assert (await _submit(http, api, free))[0] == 402
+
+
+async def test_an_internal_key_sends_a_200_item_sweep_with_the_default_limits(
+    auth_api: Any, http: aiohttp.ClientSession
+) -> None:
+    api = await auth_api(run_worker=False)
+    body = {"base": TINY, "sweep": {"seed": list(range(100)), "cfg_scale": [5, 7]}}
+    async with http.post(api.url("/api/v1/batches"), json=body, headers=auth(await api.key(Role.INTERNAL))) as r:
+        assert r.status == 202, await r.text()
+        assert (await r.json())["total"] == 200
+    pro = await api.key(Role.PRO)
+    body = {"base": TINY, "sweep": {"seed": list(range(101))}}
+    async with http.post(api.url("/api/v1/batches"), json=body, headers=auth(pro)) as r:
+        err = (await r.json())["error"]
+        assert r.status == 403 and err["details"] == {"field": "items", "value": 101, "limit": 100, "role": "pro"}
+        assert "split it into batches of at most 100" in err["message"]
+    async with http.get(api.url("/api/v1/me"), headers=auth(pro)) as r:
+        limits = (await r.json())["limits"]
+        assert (limits["max_batch_items"], limits["max_images_per_job"]) == (100, 4)

@@ -22,6 +22,7 @@ from comfyflow.models import Role
 from tests.auth.conftest import auth
 
 PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/openapi.json"}
+CONSOLE = {"/ui"}  # the web console's page and its files (no data in them); any other /ui/<name> needs a key
 PARAM = re.compile(r"<([a-z_]+)(?::[a-z]+)?>")
 VALUES = {"job_id": "0" * 32, "key": "jobs/" + "0" * 32 + "/0.png", "user_id": "u_0", "key_id": "k0"}
 
@@ -62,6 +63,8 @@ async def test_every_route_needs_credentials(auth_api: Any, http: aiohttp.Client
         if path in PUBLIC:
             seen_public.add(path)
             assert status in (200, 503), (method, path, status)  # /health may be 503 (no worker): still no 401
+        elif path in CONSOLE:
+            assert status == 200, (method, path, status)
         elif path.startswith("/api/v1/artifacts/"):
             assert status == 403, (method, path, status)  # no signature: refused before any lookup
         else:
@@ -75,7 +78,7 @@ async def test_every_route_refuses_a_bad_key_too(auth_api: Any, http: aiohttp.Cl
     api = await auth_api(run_worker=False)
     bad = auth(new_key()[0])
     for method, path, ws in routes(api.app):
-        if path in PUBLIC or path.startswith("/api/v1/artifacts/"):
+        if path in PUBLIC or path in CONSOLE or path.startswith("/api/v1/artifacts/"):
             continue
         status, _ = await _status(http, api.base, method, path, ws, bad)
         assert status == 401, (method, path, status)

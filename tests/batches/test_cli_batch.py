@@ -45,3 +45,26 @@ async def test_invalid_file_names_the_item(api_factory, tmp_path: Path) -> None:
     code, out, err = await run_cli("batch", "submit", str(tmp_path / "bad.yaml"), "--url", base)
     assert code == 1 and out == ""
     assert "VALIDATION_ERROR" in err and "items.1.steps" in err
+
+
+async def test_save_the_contact_sheet(api_factory, http, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from PIL import Image
+
+    base = await api_factory()
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    code, out, err = await run_cli("batch", "submit", str(tmp_path / "sweep.yaml"), "--watch", "--url", base)
+    assert code == 0, err
+    batch_id = out.strip()
+    sheet = tmp_path / "sheet.png"
+    code, out, err = await run_cli("batch", "grid", batch_id, "-o", str(sheet), "--cell", "32", "--url", base)
+    assert code == 0, err
+    assert f"saved to {sheet}" in err
+    async with http.get(f"{base}/api/v1/batches/{batch_id}/grid?cell=32") as r:
+        assert sheet.read_bytes() == await r.read()  # the very sheet the API serves
+    with Image.open(io.BytesIO(sheet.read_bytes())) as img:
+        assert img.format == "PNG" and img.width > 3 * 32 and img.height > 2 * 32
+    code, out, err = await run_cli("batch", "grid", batch_id, "-o", str(tmp_path / "x.png"), "--x", "nope",
+                                   "--url", base)  # fmt: skip
+    assert code == 1 and "VALIDATION_ERROR" in err and "seed" in err and not (tmp_path / "x.png").exists()
