@@ -29,6 +29,7 @@ from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.steps import run_attempt
 from comfyflow.core.store import JobStore
 from comfyflow.models import JobResult
+from flows.artifacts import publish_attempt, spawn
 from flows.generate import ACTIVE, generate
 
 log = structlog.get_logger("comfyflow.executor")
@@ -76,6 +77,7 @@ class PrefectExecutor:
         finally:
             ACTIVE.pop((job.job_id, attempt), None)
         assert ctx.result is not None
+        spawn(publish_attempt(self.client, flow_run.id, ctx))  # Prefect artifacts, off the render path
         return ctx.result
 
     async def _flow_run_for(self, ctx: AttemptContext) -> Any:
