@@ -30,8 +30,10 @@ class Served:
 
 
 @pytest.fixture
-async def comfyflow_api(make_settings: Any, server_redis_url: str, fake: Any, prefect_api_url: str) -> AsyncIterator[Served]:  # noqa: F811
-    """The API with the port it binds given in its settings, so links derive from them (no COMFYFLOW_PUBLIC_URL)."""
+async def comfyflow_api(
+    make_settings: Any, server_redis_url: str, fake: Any, prefect_api_url: str  # noqa: F811
+) -> AsyncIterator[Served]:
+    """The API, its port given in its settings so that links derive from them (no COMFYFLOW_PUBLIC_URL)."""
     port = free_port()
     settings = make_settings(
         backends=[fake.url], redis_url=server_redis_url, auth="apikey", prefect_enabled=True,
