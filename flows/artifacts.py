@@ -2,8 +2,9 @@
 
 A ``generate`` run gets a link to the job (its page in the web console when the API serves one, else its API
 resource), a table (seed, backend, timings, outputs) and the first image; a ``batch`` run gets a progress artifact
-kept up to date while its items run, then the same link and table for the batch. All of it is published after
-the render, from a background task (``spawn``), so it costs the GPU nothing and a Prefect hiccup fails no job.
+kept up to date while its items run, then the same link and table for the batch; a pipeline run gets a link and a
+table of its steps. A job's are published after the render, from a background task (``spawn``), so they cost the
+GPU nothing; none of them can fail a job, a batch or a pipeline run.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from uuid import UUID
 
 import structlog
 from prefect import get_run_logger
-from prefect.client.orchestration import PrefectClient
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.context import FlowRunContext
 
 from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.batches import Batch
 from comfyflow.core.links import Links
+from comfyflow.core.pipelines.runs import PipelineRunStore
 from comfyflow.core.runtime import Runtime
 from comfyflow.models import Job
 from comfyflow.prefect import links
@@ -193,3 +195,36 @@ class BatchArtifacts:
             await publish_batch(self.client, self.flow_run_id, batch, base_url=self.base_url)
         except Exception as exc:
             get_run_logger().warning("could not publish the batch's artifacts: %s", exc)
+
+
+# --- pipeline runs -------------------------------------------------------------------------------------------
+
+
+async def publish_pipeline_run(runtime: Runtime, run_id: str) -> None:
+    """On the running pipeline flow run: a link to the pipeline run (its API resource) and a table of its steps
+    (job, status, seed, render time). Logged, never raised: artifacts must not change how the run ends."""
+    run_ctx = FlowRunContext.get()
+    if run_ctx is None or run_ctx.flow_run is None:
+        return
+    try:
+        runs = PipelineRunStore(runtime.store)
+        run = await runs.get(run_id)
+        if run is None:
+            return
+        rows = []
+        for step, job_id in (await runs.steps(run_id)).items():
+            job = await runtime.store.get(job_id)
+            rows.append({
+                "step": step, "job": job_id, "status": job.status.value if job else "expired",
+                "seed": job.result.seed if job and job.result else None,
+                "render": _seconds(job.durations.render if job else None),
+                "outputs": len(job.result.artifacts) if job and job.result else 0,
+            })  # fmt: skip
+        url = f"{runtime.settings.public_base_url}/api/v1/pipeline-runs/{run_id}"
+        async with get_client() as client:
+            flow_run_id = run_ctx.flow_run.id
+            await _create(client, flow_run_id, "markdown", f"[pipeline run {run_id}]({url})",
+                          f"The {run.pipeline} run in comfyflow ({run.status.value})")  # fmt: skip
+            await _create(client, flow_run_id, "table", json.dumps(rows), f"Steps of pipeline run `{run_id}`")
+    except Exception as exc:
+        get_run_logger().warning("could not publish the pipeline run's artifacts: %s", exc)
