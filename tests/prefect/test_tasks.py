@@ -138,3 +138,34 @@ async def test_img2img_of_a_result_uploads_once_across_retries(comfyflow_api, fa
     assert jobs[second.job_id].request["kind"] == "img2img" and second.status == "succeeded"
     assert sum(fake.prompts_posted.values()) == 2
     assert len(_uploads) >= 1
+
+
+async def test_a_retried_submit_batch_queues_one_batch(comfyflow_api, fake, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    made: list[str] = []
+    real = AsyncClient.submit_batch
+
+    async def submit_batch(self: AsyncClient, body: Any, **kwargs: Any) -> Any:
+        batch = await real(self, body, **kwargs)
+        made.append(batch.batch_id)
+        if len(made) == 1:
+            raise TransportError("connection reset after the batch was queued (forced by the test)")
+        return batch
+
+    monkeypatch.setattr(AsyncClient, "submit_batch", submit_batch)
+
+    @flow(name="cf-batch-retry-test")
+    async def sweep(block: str) -> Any:
+        from comfyflow.prefect import submit_batch as submit, wait_for_batch
+
+        credentials = await ComfyflowCredentials.load(block)
+        queued = await submit.with_options(retry_delay_seconds=0)(credentials, base=TINY, sweep={"seed": [1, 2]})
+        return await wait_for_batch(credentials, queued, poll_frequency_seconds=0.2)
+
+    done = await sweep(comfyflow_api.block)
+    assert made == [done.batch_id, done.batch_id]
+    assert done.status == "succeeded" and done.total == 2 and [i.seed for i in done.items] == [1, 2]
+    assert all(i.artifacts and i.artifacts[0].url for i in done.items)
+    async with AsyncClient(comfyflow_api.base, api_key=comfyflow_api.key) as api:
+        listed = await api._call("GET", "/api/v1/batches")
+    assert [b["batch_id"] for b in listed["items"]] == [done.batch_id]
+    assert sum(fake.prompts_posted.values()) == 2
