@@ -155,7 +155,8 @@ async def test_a_retried_submit_batch_queues_one_batch(comfyflow_api, fake, monk
 
     @flow(name="cf-batch-retry-test")
     async def sweep(block: str) -> Any:
-        from comfyflow.prefect import submit_batch as submit, wait_for_batch
+        from comfyflow.prefect import submit_batch as submit
+        from comfyflow.prefect import wait_for_batch
 
         credentials = await ComfyflowCredentials.load(block)
         queued = await submit.with_options(retry_delay_seconds=0)(credentials, base=TINY, sweep={"seed": [1, 2]})
