@@ -62,6 +62,8 @@ class Figures:
     cpu: dict[str, float]
     client_cpu: float
     first_post: list[float] = field(default_factory=list)
+    #: From the batch's end until Prefect held every item's flow run in a final state with its four task runs.
+    prefect_lag: float = 0.0
 
     def cpu_per_job(self) -> float:
         return 1000 * sum(self.cpu.values()) / self.items
@@ -243,15 +245,31 @@ def measure(mode: str, urls: list[str], args: argparse.Namespace, prefect: tuple
             batch_id = _sweep(http, args.items, 0)
             final = _wait_batch(http, batch_id, 600)
             ended = time.time()
+            lag = _prefect_caught_up(prefect[0], batch_id, args.items) - ended if prefect else 0.0
             after, client_cpu = meters(), time.process_time() - client_before
             assert final["counts"].get("succeeded") == args.items, final["counts"]
             history = _history(urls, _job_ids(http, batch_id))
         ideal = args.items * args.render_time / len(urls)
         return Figures(len(urls), mode, args.items, ended - started, ideal, _busy(history, urls, started, ended),
-                       {k: after[k] - before[k] for k in after}, client_cpu, latencies)  # fmt: skip
+                       {k: after[k] - before[k] for k in after}, client_cpu, latencies, lag)  # fmt: skip
     finally:
         r.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _prefect_caught_up(api_url: str, batch_id: str, items: int, timeout: float = 300) -> float:
+    """When every item's flow run is final and its task runs are recorded (CPU is read after this: records are
+    written beside the jobs, so Prefect may still be working when the batch is done)."""
+    runs = {"flow_runs": {"tags": {"all_": [f"label:batch:{batch_id}"]}, "state": {"type": {"any_": ["COMPLETED"]}}}}
+    tasks = {"flow_runs": runs["flow_runs"], "task_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=api_url, timeout=30) as h:
+        while time.monotonic() < deadline:
+            if (h.post("/flow_runs/count", json=runs).json() >= items
+                    and h.post("/task_runs/count", json=tasks).json() >= 4 * items):  # fmt: skip
+                return time.time()
+            time.sleep(1.0)  # its own queries load the server too: rarely
+    raise TimeoutError(f"Prefect did not record batch {batch_id} within {timeout:.0f} s")
 
 
 def _first_posts(http: httpx.Client, urls: list[str], n: int) -> list[float]:
@@ -273,11 +291,13 @@ def _first_posts(http: httpx.Client, urls: list[str], n: int) -> list[float]:
 # --- report -------------------------------------------------------------------------------------------------------
 def report(results: list[Figures]) -> None:
     print(f"\n{'backends':>8} {'mode':<4} {'items':>5} {'makespan s':>10} {'ideal s':>7} {'busy':>6} "
-          f"{'CPU ms/job':>10} {'1st POST p50 ms':>15} {'loadgen CPU s':>13}  CPU split ms/job")  # fmt: skip
+          f"{'CPU ms/job':>10} {'1st POST p50 ms':>15} {'loadgen CPU s':>13} {'Prefect lag s':>13}  "
+          "CPU split ms/job")  # fmt: skip
     for f in results:
         split = ", ".join(f"{k} {1000 * v / f.items:.1f}" for k, v in f.cpu.items())
         print(f"{f.backends:>8} {f.mode:<4} {f.items:>5} {f.makespan:>10.2f} {f.ideal:>7.1f} {100 * f.busy:>5.1f}% "
-              f"{f.cpu_per_job():>10.1f} {1000 * statistics.median(f.first_post):>15.1f} {f.client_cpu:>13.2f}  "
+              f"{f.cpu_per_job():>10.1f} {1000 * statistics.median(f.first_post):>15.1f} {f.client_cpu:>13.2f} "
+              f"{f.prefect_lag:>13.2f}  "
               f"{split}")  # fmt: skip
     print(
         "\nPrefect on / off, same run (goals: makespan <= 1.25x; CPU/job on <= 150 ms, aim 80; 1st POST p50 <= 100 ms)"

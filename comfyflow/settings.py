@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     # --- API ------------------------------------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(default=8000, ge=1, le=65535)
-    public_url: str | None = Field(default=None, description="Base URL clients reach the API at (for links).")
+    public_url: str | None = Field(
+        default=None, description="Base URL clients reach the API at (for links); unset = http://<api_host>:<api_port>."
+    )
     max_queue_depth: int = Field(default=1000, ge=1, description="Queued jobs above which submissions get 503.")
     max_batch_items: int = Field(default=10_000, ge=1, description="Most items in one batch (list or sweep).")
     max_batch_backlog: int = Field(
@@ -197,6 +199,15 @@ class Settings(BaseSettings):
         """Auth plugin names in order; empty when auth is off (COMFYFLOW_AUTH=none)."""
         names = [n.strip() for n in self.auth.split(",") if n.strip()]
         return [] if names == ["none"] else names
+
+    @property
+    def public_base_url(self) -> str:
+        """Where clients reach the API, for links made outside a request (Prefect artifacts):
+        ``COMFYFLOW_PUBLIC_URL``, else the address the API binds to (a wildcard address becomes 127.0.0.1)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.api_host in ("", "0.0.0.0", "::") else self.api_host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.api_port}"
 
     @property
     def heartbeat_seconds(self) -> float:

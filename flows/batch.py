@@ -13,12 +13,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
 from prefect.states import Cancelled
 
 from comfyflow.core.batches import Batch
 from comfyflow.core.pipelines.execution import watch_batch
 from comfyflow.core.runtime import Runtime
 from comfyflow.errors import ComfyflowError
+from flows.artifacts import BatchArtifacts
 
 #: What this process runs inside a batch's flow run, by batch id (the plane registers it before running the flow).
 ACTIVE: dict[str, Callable[[], Awaitable[Any]]] = {}
@@ -55,10 +57,14 @@ def batch_body(runtime: Runtime, batch_id: str, *, every: float = 1.0) -> Callab
                 marks.add(decile)
                 logger.info("batch %s: %d of %d items finished %s", b.batch_id, round(b.progress * b.total),
                             b.total, {k: v for k, v in b.counts.items() if v})  # fmt: skip
+            await published.progress(b)
 
-        final = await watch_batch(runtime, batch_id, every=every, on_progress=progress)
-        if final is None:
-            raise ComfyflowError(f"batch {batch_id} no longer exists")
+        async with get_client() as client:
+            published = BatchArtifacts(client, runtime.settings.public_base_url)  # progress, then link and table
+            final = await watch_batch(runtime, batch_id, every=every, on_progress=progress)
+            if final is None:
+                raise ComfyflowError(f"batch {batch_id} no longer exists")
+            await published.finished(final)
         summary = {"batch_id": batch_id, "status": final.status, "total": final.total, "counts": final.counts}
         if final.status == "failed":
             raise BatchItemsFailed(

@@ -38,6 +38,7 @@ from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.steps import acquire_step, render_step, store_step, validate_step
 from comfyflow.core.store import JobStore
 from comfyflow.models import JobResult, JobState
+from flows.artifacts import publish_attempt
 from flows.generate import generate
 from flows.records import AttemptRecord, final_state, state_for_job
 
@@ -145,6 +146,12 @@ class PrefectExecutor:
         assert self.client is not None
         async with self.calls:
             await asyncio.shield(self.client.set_flow_run_state(flow_run_id, state, force=True))
+
+    async def publish_artifacts(self, flow_run_id: UUID, ctx: AttemptContext) -> None:
+        """The job's link and table as artifacts of its run (issue 17), after its final state."""
+        assert self.client is not None
+        async with self.calls:
+            await publish_attempt(self.client, flow_run_id, ctx)
 
     async def update_tags(self, flow_run_id: UUID, tags: list[str]) -> None:
         assert self.client is not None

@@ -39,6 +39,7 @@ from comfyflow.core.pipelines.plane import RunPlane
 from comfyflow.core.pipelines.runs import PipelineRunStore, RunState
 from comfyflow.core.runtime import Runtime
 from comfyflow.errors import ComfyflowError
+from flows.artifacts import publish_pipeline_run
 from flows.batch import ACTIVE as BATCHES
 from flows.batch import batch, batch_body
 
@@ -145,6 +146,7 @@ class PrefectPlane:
 
         async def body() -> Any:
             done = await execute(self.rt, run_id, wrap_step=step_wrapper(run_id))
+            await publish_pipeline_run(self.rt, run_id)  # Prefect artifacts: a link and a table of the steps
             if done.status == RunState.FAILED:
                 raise PipelineRunFailed(done.message or "the pipeline run failed", details=done.error)
             if done.status == RunState.CANCELED:

@@ -149,6 +149,8 @@ class AttemptRecord:
                     self._log(*item)
                 elif kind == "final":
                     await self.executor.force_state(self.flow_run.id, item)
+                    if item.is_completed():
+                        await self.executor.publish_artifacts(self.flow_run.id, self.ctx)
                     return
             except Exception as exc:  # visibility only: never fail or stall a job over its record
                 log.warning("could not record to Prefect", job_id=self.ctx.job.job_id, record=kind, error=str(exc))

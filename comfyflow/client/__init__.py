@@ -1,6 +1,7 @@
 """Python clients of the comfyflow REST API: ``AsyncClient`` (asyncio) and ``Client`` (blocking)."""
 
 from comfyflow.client.aio import DEFAULT_URL, AsyncClient, Page, Upload
+from comfyflow.client.batches import BatchInfo, BatchItem, BatchTimeout
 from comfyflow.client.errors import (
     ApiError,
     AuthenticationError,
@@ -29,6 +30,9 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BatchInfo",
+    "BatchItem",
+    "BatchTimeout",
     "Client",
     "ClientError",
     "ConflictError",

@@ -22,6 +22,7 @@ import aiohttp
 from pydantic import BaseModel
 
 from comfyflow.client import sse
+from comfyflow.client.batches import BatchMethods
 from comfyflow.client.errors import ApiError, JobTimeout, TransportError, error_from_response
 from comfyflow.models import Artifact, Job, JobEvent
 
@@ -84,7 +85,7 @@ def _event(msg: sse.Message) -> JobEvent:
     return JobEvent.model_construct(id=msg.id or "", type=msg.event, data=data)
 
 
-class AsyncClient:
+class AsyncClient(BatchMethods):
     """A client of one comfyflow API. Open one per process and reuse it; close it with ``aclose`` or
     ``async with``.
 
@@ -94,6 +95,7 @@ class AsyncClient:
         timeout: seconds one request may take (``generate`` and ``events`` extend it for themselves).
         headers: extra headers for every request.
         session: an aiohttp session to use (not closed by the client); one is made when None.
+    Batches: ``submit_batch``, ``get_batch``, ``batch_items``, ``wait_batch``, ``cancel_batch`` (``batches.py``).
     Raises (from every method):
         ApiError subclasses for error answers (with the envelope's code, message, details, request id);
         TransportError when the API cannot be reached.

@@ -12,7 +12,6 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 from prefect.states import AwaitingRetry, Cancelling
 
 from comfyflow.core.runtime import Runtime
@@ -22,6 +21,7 @@ from comfyflow.models import JobState, Txt2ImgRequest
 from comfyflow.service import runner_for
 from flows.generate import acquire_slot, render, store, validate
 from tests.core.conftest import wait_done
+from tests.prefect_runs import task_runs
 
 pytestmark = pytest.mark.prefect
 
@@ -77,7 +77,7 @@ async def test_attempt_is_a_flow_run_from_the_deployment(
     assert run.name == f"{job.job_id[:12]}-attempt-1"
     assert {"priority:high", "label:demo", f"backend:{fake.url.split('//')[1]}"} <= set(run.tags)
     assert run.parameters == {"job_id": job.job_id, "attempt": 1}
-    tasks = await _task_runs(run.id, 4)
+    tasks = await task_runs(run.id, 4)
     by_name = {t.name.rsplit("-", 1)[0]: t for t in tasks}
     assert sorted(by_name) == ["acquire_slot", "render", "store", "validate"]
     assert all(t.state and t.state.is_completed() for t in tasks)
@@ -93,21 +93,6 @@ async def test_attempt_is_a_flow_run_from_the_deployment(
     assert by_name["render"].task_inputs["lease"][0].id == by_name["acquire_slot"].id
     assert by_name["store"].task_inputs["rendered"][0].id == by_name["render"].id
     assert {t.task_key for t in tasks} == {validate.task_key, acquire_slot.task_key, render.task_key, store.task_key}
-
-
-async def _task_runs(flow_run_id: Any, count: int, final: bool = True, timeout: float = 20) -> list[Any]:
-    """The flow run's task runs once ``count`` of them are recorded (the server records them from events)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        async with get_client() as client:
-            tasks = await client.read_task_runs(
-                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
-            )
-        if len(tasks) >= count and (not final or all(t.state and t.state.is_final() for t in tasks)):
-            return list(tasks)
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{len(tasks)} task runs recorded for {flow_run_id}, expected {count}")
-        await asyncio.sleep(0.1)
 
 
 async def test_ui_retry_runs_the_next_attempt_and_succeeds(

@@ -18,7 +18,8 @@ from comfyflow.embedded import ServiceURLs
 from comfyflow.models import JobState, Txt2ImgRequest
 from comfyflow.service import runner_for
 from tests.core.conftest import wait_done
-from tests.flows.test_generate_flow import _task_runs, _wait_state, with_flow_run
+from tests.flows.test_generate_flow import _wait_state, with_flow_run
+from tests.prefect_runs import task_runs
 
 pytestmark = pytest.mark.prefect
 
@@ -74,14 +75,14 @@ async def test_succeeded_failed_and_canceled_jobs_end_their_runs_completed_faile
     assert bad.status == JobState.FAILED and bad.error is not None and bad.flow_run_id
     failed = await _wait_state(bad.flow_run_id, "Failed")
     assert failed.state.message == f"{bad.error.code}: {bad.error.message}"
-    tasks = {t.name.rsplit("-", 1)[0]: t for t in await _task_runs(failed.id, 3)}
+    tasks = {t.name.rsplit("-", 1)[0]: t for t in await task_runs(failed.id, 3)}
     assert tasks["render"].state.is_failed() and tasks["render"].state.message == failed.state.message
     assert "store" not in tasks  # the flow stopped at the step that failed, as Prefect's engine would
 
     assert canceled.status == JobState.CANCELED and canceled.flow_run_id
     cancelled = await _wait_state(canceled.flow_run_id, "Cancelled")
     assert cancelled.state.message == "canceled by request"
-    tasks = {t.name.rsplit("-", 1)[0]: t for t in await _task_runs(cancelled.id, 3)}
+    tasks = {t.name.rsplit("-", 1)[0]: t for t in await task_runs(cancelled.id, 3)}
     assert tasks["render"].state.is_cancelled()
     assert fake.interrupts, "the cancel reached ComfyUI"
 

@@ -24,6 +24,7 @@ def test_prefect_yaml_names_every_flow() -> None:
         "batch": "flows/batch.py:batch",
         "hero-variations": "flows/pipelines.py:pipeline",
         "identity-expressions": "flows/pipelines.py:pipeline",
+        "comfyflow-example": "flows/prefect_example.py:hero_upscales",
     }
     for entrypoint in deployments.values():
         path, _, name = entrypoint.partition(":")
@@ -33,8 +34,9 @@ def test_prefect_yaml_names_every_flow() -> None:
 async def test_prefect_deploy_all(prefect_api_url) -> None:  # type: ignore[no-untyped-def]
     async with get_client() as client:
         pools = {p.name for p in await client.read_work_pools()}
-        if "comfyflow" not in pools:
-            await client.create_work_pool(WorkPoolCreate(name="comfyflow", type="process"))
+        for pool in ("comfyflow", "comfyflow-examples"):
+            if pool not in pools:
+                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_LOGGING_LEVEL": "WARNING"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
@@ -51,3 +53,4 @@ async def test_prefect_deploy_all(prefect_api_url) -> None:  # type: ignore[no-u
         ("identity-expressions", "flows/pipelines.py:pipeline"),
     ]:
         assert (name, entrypoint, "comfyflow") in found, found
+    assert ("comfyflow-example", "flows/prefect_example.py:hero_upscales", "comfyflow-examples") in found

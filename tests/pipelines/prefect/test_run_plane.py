@@ -9,11 +9,12 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, TaskRunFilter, TaskRunFilterFlowRunId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import AwaitingRetry
 
 from comfyflow.core.attempt import prompt_id_for
 from comfyflow.core.pipelines import step_job_id
+from tests.prefect_runs import task_runs
 
 pytestmark = pytest.mark.prefect
 
@@ -85,10 +86,8 @@ async def test_failed_step_retried_from_the_prefect_ui_and_the_pipeline_finishes
     assert {"pipeline:hero-variations", f"pipeline-run:{run_id}", "role:internal", "priority:normal"} <= set(
         pipeline_run.tags
     )
+    tasks = await task_runs(pipeline_run.id, 3)  # recorded from events, in batches: once all are final
     async with get_client() as client:
-        tasks = await client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[pipeline_run.id]))
-        )
         linked = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"label:pipeline-run:{run_id}"]))
         )
