@@ -72,7 +72,7 @@ def create_app(
     app.blueprint(admin.bp)
     app.blueprint(batches.bp)  # /api/v1/batches
     app.blueprint(pipelines.bp)  # /api/v1/pipelines, /api/v1/pipeline-runs
-    app.blueprint(metrics.bp)  # /metrics: authenticated like any route; the fleet's numbers (comfyflow/metrics.py)
+    app.blueprint(metrics.bp)  # /metrics: INTERNAL keys or the metrics token; the fleet's numbers
     app.blueprint(webhooks.bp)
     app.blueprint(backends.bp)  # /api/v1/backends and /api/v1/admin/backends (INTERNAL)
     app.error_handler.add(Exception, errors.handle)
@@ -124,6 +124,9 @@ def create_app(
 async def _authenticate(request: Request) -> None:
     path = request.path
     if path in PUBLIC or path.startswith(SIGNED_PREFIX) or request.method == "OPTIONS":
+        return
+    if metrics.has_metrics_token(request):
+        request.ctx.metrics_token = True
         return
     request.ctx.principal = await request.app.ctx.policy.authenticate(request)
 

@@ -1,0 +1,101 @@
+"""What each role sees: tenants get their job's state, result and a typed error with a human message; backend
+URLs, prompt ids, flow-run ids and ComfyUI's error text only reach INTERNAL callers. /metrics is for INTERNAL keys
+or the metrics token; /api/v1/models names no host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from comfyflow.models import Role
+from tests.auth.conftest import TINY, auth
+
+FAST = {"free": {"requests_per_minute": 10_000, "daily_jobs": 1000}, "pro": {"requests_per_minute": 10_000}}
+
+
+async def _finished(http: aiohttp.ClientSession, api: Any, key: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with http.post(api.url("/api/v1/jobs"), json=body, headers=auth(key)) as r:
+        assert r.status == 202, await r.text()
+        job = await r.json()
+    deadline = asyncio.get_running_loop().time() + 30
+    while job["status"] not in ("succeeded", "failed"):
+        assert asyncio.get_running_loop().time() < deadline, job
+        await asyncio.sleep(0.05)
+        async with http.get(api.url(f"/api/v1/jobs/{job['job_id']}"), headers=auth(key)) as r:
+            assert r.status == 200
+            job = await r.json()
+    return dict(job)
+
+
+def _host(url: str) -> str:
+    return url.split("//", 1)[1]
+
+
+async def test_a_tenant_sees_no_internals_of_its_failed_job_and_internal_sees_them(auth_api, http, fake) -> None:  # type: ignore[no-untyped-def]
+    api = await auth_api(limits=FAST)
+    free, internal = await api.key(Role.FREE), await api.key(Role.INTERNAL)
+    fake.faults.fail_node_types = {"KSampler"}  # ComfyUI reports an execution error with a traceback
+    tenant = await _finished(http, api, free, TINY)
+    staff = await _finished(http, api, internal, TINY)
+    fake.faults.fail_node_types = set()
+
+    assert staff["status"] == tenant["status"] == "failed"
+    # INTERNAL: where it ran and ComfyUI's own account
+    assert staff["backend"] == fake.url and staff["error"]["code"] == "EXECUTION_ERROR"
+    assert staff["error"]["details"]["traceback"] and staff["error"]["details"]["prompt_id"]
+    # the tenant: the same typed error, a human message, nothing about the server
+    err = tenant["error"]
+    assert err["code"] == "EXECUTION_ERROR" and "KSampler" in err["message"], err
+    assert set(err["details"]) <= {"node_id", "node_type", "exception_type"}, err
+    for name in ("backend", "flow_run_id", "worker"):
+        assert name not in tenant, name
+    text = json.dumps(tenant)
+    assert _host(fake.url) not in text and "traceback" not in text.lower() and "prompt_id" not in text
+    assert {"job_id", "status", "progress", "attempt", "error", "created_at"} <= set(tenant)
+
+    # a job that succeeded: artifacts and seed, no backend or prompt id
+    fine = await _finished(http, api, free, TINY)
+    assert fine["status"] == "succeeded" and fine["result"]["artifacts"] and fine["result"]["seed"] is not None
+    assert set(fine["result"]) & {"backend", "prompt_id", "adopted"} == set()
+    assert _host(fake.url) not in json.dumps(fine)
+    mine = await _finished(http, api, internal, TINY)
+    assert mine["result"]["backend"] == fake.url and mine["result"]["prompt_id"]
+    # the list shows the same view
+    async with http.get(api.url("/api/v1/jobs"), headers=auth(free)) as r:
+        assert _host(fake.url) not in await r.text()
+
+
+async def test_a_missing_model_tells_the_tenant_which_models_exist(auth_api, http, fake) -> None:  # type: ignore[no-untyped-def]
+    api = await auth_api(limits=FAST)
+    free = await api.key(Role.FREE)
+    job = await _finished(http, api, free, {**TINY, "model": "not-here.safetensors"})
+    err = job["error"]
+    assert err["code"] == "INVALID_GRAPH" and all(c in err["message"] for c in fake.checkpoints), err
+    assert _host(fake.url) not in json.dumps(job)
+
+
+async def test_models_name_no_host_and_metrics_are_internal_or_token_only(auth_api, http, fake) -> None:  # type: ignore[no-untyped-def]
+    api = await auth_api(run_worker=False, limits=FAST, metrics_token="scrape-token-" + "x" * 20)
+    free, pro, internal = await api.key(Role.FREE), await api.key(Role.PRO), await api.key(Role.INTERNAL)
+    for key in (free, internal):
+        async with http.get(api.url("/api/v1/models"), headers=auth(key)) as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["checkpoints"] == sorted(fake.checkpoints) and _host(fake.url) not in json.dumps(body)
+    for key in (free, pro):
+        async with http.get(api.url("/metrics"), headers=auth(key)) as r:
+            assert r.status == 403 and (await r.json())["error"]["code"] == "FORBIDDEN"
+    async with http.get(api.url("/metrics"), headers=auth(internal)) as r:
+        assert r.status == 200 and "comfyflow_jobs_submitted_total" in await r.text()
+    async with http.get(api.url("/metrics"), headers=auth("scrape-token-" + "x" * 20)) as r:
+        assert r.status == 200 and "comfyflow_queue_depth" in await r.text()
+    # the token opens /metrics only, and a wrong token nothing
+    async with http.get(api.url("/api/v1/jobs"), headers=auth("scrape-token-" + "x" * 20)) as r:
+        assert r.status == 401
+    async with http.get(api.url("/metrics"), headers=auth("scrape-token-" + "y" * 20)) as r:
+        assert r.status == 401
+    async with http.get(api.url("/metrics")) as r:
+        assert r.status == 401
