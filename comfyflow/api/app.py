@@ -25,6 +25,7 @@ from comfyflow.api import (
 )
 from comfyflow.api.auth_policy import AuthPolicy, check_auth_settings
 from comfyflow.api.docs import bp as docs_bp
+from comfyflow.api.health import HealthMonitor
 from comfyflow.api.http import add_headers, assign_request_id
 from comfyflow.api.policy import OpenPolicy
 from comfyflow.core.batches import BatchStore
@@ -99,6 +100,8 @@ def create_app(
         app.ctx.submitter = Submitter(app.ctx.rt)
         app.ctx.batches = BatchStore(app.ctx.rt.store)
         app.ctx.pipeline_runs = PipelineRunStore(app.ctx.rt.store)
+        app.ctx.health = HealthMonitor(app.ctx.rt, urls.prefect_api_url)
+        app.ctx.health.start()  # anonymous probes read its state; none of them checks anything itself
         app.ctx.stop = asyncio.Event()
         app.ctx.worker_task = None
         if run_worker:
@@ -111,6 +114,7 @@ def create_app(
     @app.before_server_stop
     async def _stop(app: Sanic) -> None:
         app.ctx.stop.set()
+        await app.ctx.health.aclose()
         if app.ctx.worker_task is not None:
             await app.ctx.worker_task
 

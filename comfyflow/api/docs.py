@@ -55,6 +55,17 @@ SSE_EVENT = {
         "data": {"type": "string", "contentMediaType": "application/json"},
     },
 }
+#: What an anonymous caller learns from /health: a word per dependency name.
+HEALTH = {
+    "type": "object",
+    "required": ["status", "dependencies"],
+    "properties": {
+        "status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
+        "dependencies": {"type": "object", "additionalProperties": {"type": "string",
+                                                                    "enum": ["up", "degraded", "down"]}},
+        "checked_at": {"type": ["string", "null"]},
+    },
+}  # fmt: skip
 COMMON_ERRORS = (400, 401, 403, 404, 405, 413, 415, 422, 429, 503)
 
 
@@ -226,17 +237,23 @@ def openapi() -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus metrics of the whole fleet", "responses": {
             "200": {"description": "text exposition format 0.0.4",
                     "content": {"text/plain": {"schema": {"type": "string"}}}},
-            **_errors(401, 403)}}},
-        "/health": {"get": {"summary": "Every dependency", "security": [], "responses": {
+            **_errors(401, 403, 429)}}},
+        "/health": {"get": {"summary": "Each dependency by name: up, degraded or down (cached; no details)",
+                            "security": [], "responses": {
+            "200": {"description": "healthy", "content": {"application/json": {"schema": HEALTH}}},
+            "503": {"description": "degraded or unhealthy", "content": {"application/json": {"schema": HEALTH}}},
+            **_errors(429)}}},
+        "/health/details": {"get": {"summary": "The last health check in full (INTERNAL)", "responses": {
             "200": {"description": "healthy", "content": {"application/json": {"schema": obj}}},
-            "503": {"description": "degraded", "content": {"application/json": {"schema": obj}}}}}},
+            "503": {"description": "degraded or unhealthy", "content": {"application/json": {"schema": obj}}},
+            **_errors(401, 403, 429)}}},
         "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {
-            "200": {"description": "alive", "content": {"application/json": {"schema": obj}}}}}},
+            "200": {"description": "alive", "content": {"application/json": {"schema": obj}}}, **_errors(429)}}},
         "/readyz": {"get": {"summary": "Readiness", "security": [], "responses": {
             "200": {"description": "ready", "content": {"application/json": {"schema": obj}}},
-            "503": {"description": "not ready", "content": {"application/json": {"schema": obj}}}}}},
+            "503": {"description": "not ready", "content": {"application/json": {"schema": obj}}}, **_errors(429)}}},
         "/ping": {"get": {"summary": "Ping", "security": [], "responses": {
-            "200": {"description": "pong", "content": {"application/json": {"schema": obj}}}}}},
+            "200": {"description": "pong", "content": {"application/json": {"schema": obj}}}, **_errors(429)}}},
     }  # fmt: skip
     return {
         "openapi": "3.1.0",

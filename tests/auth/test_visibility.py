@@ -99,3 +99,27 @@ async def test_models_name_no_host_and_metrics_are_internal_or_token_only(auth_a
         assert r.status == 401
     async with http.get(api.url("/metrics")) as r:
         assert r.status == 401
+
+
+async def test_anonymous_probes_read_a_cached_state_that_names_no_host(auth_api, http, fake) -> None:  # type: ignore[no-untyped-def]
+    api = await auth_api(run_worker=False, limits=FAST, health_refresh_seconds=30)
+    free, internal = await api.key(Role.FREE), await api.key(Role.INTERNAL)
+    async with http.get(api.url("/health")) as r:
+        body = await r.json()
+    # no worker runs here: degraded; each dependency by name, nothing else
+    assert r.status == 503 and body["status"] == "degraded", body
+    assert body["dependencies"] == {"redis": "up", "storage": "up", "prefect": "up", "workers": "down",
+                                    "backends": "up"}  # fmt: skip
+    probes = len(fake.log)
+    for path in ["/health", "/readyz"] * 25:
+        async with http.get(api.url(path)) as r:
+            text = await r.text()
+            assert r.status in (200, 503) and _host(fake.url) not in text and "Error" not in text, text
+    assert len(fake.log) == probes, "an anonymous probe made the API call a backend"
+    async with http.get(api.url("/health/details"), headers=auth(free)) as r:
+        assert r.status == 403 and (await r.json())["error"]["code"] == "FORBIDDEN"
+    async with http.get(api.url("/health/details")) as r:
+        assert r.status == 401
+    async with http.get(api.url("/health/details"), headers=auth(internal)) as r:
+        detail = await r.json()
+    assert detail["dependencies"]["backends"][fake.url]["status"] == "ok" and detail["version"]
