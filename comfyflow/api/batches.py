@@ -12,7 +12,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from comfyflow.api.http import json_body, query_int
-from comfyflow.api.jobs import IDEMPOTENCY_KEY
+from comfyflow.api.jobs import IDEMPOTENCY_KEY, idempotency_scope
 from comfyflow.api.views import job_view
 from comfyflow.core.batches import Batch, BatchRequest, BatchStore, expand, new_batch_id
 from comfyflow.core.submission import quota_key
@@ -109,7 +109,7 @@ async def create_batch(request: Request) -> HTTPResponse:
             )
         canonical = _json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         fp = hashlib.sha256(canonical.encode()).hexdigest()[:32]
-        idem = (ctx.submitter.idem_key(principal.id, f"batch:{idem_header}"), fp)
+        idem = (ctx.submitter.idem_key(idempotency_scope(principal), f"batch:{idem_header}"), fp)
     limit, day = await ctx.policy.daily_limit(principal)
     quota = (quota_key(ctx.rt.store.keys.prefix, principal.id, day), limit) if limit is not None else None
     created = await store.create(
