@@ -22,7 +22,9 @@ class ThrottleSettings(BaseModel):
         default=0, ge=0, le=10,
         description="Reverse proxies in front of the API that append to X-Forwarded-For (0 = use the peer address).",
     )  # fmt: skip
-    ipv6_prefix: int = Field(default=64, ge=32, le=128, description="IPv6 clients are counted per network of this size.")
+    ipv6_prefix: int = Field(
+        default=64, ge=32, le=128, description="IPv6 clients are counted per network of this prefix length."
+    )
 
 
 class StreamSettings(BaseModel):

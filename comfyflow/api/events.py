@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from comfyflow import metrics as m
 from comfyflow.api.errors import STATUS
 from comfyflow.api.jobs import own_job
-from comfyflow import metrics as m
 from comfyflow.core.streams import StreamLeases
 from comfyflow.errors import ComfyflowError, RateLimited, ValidationError
 from comfyflow.models import JobEvent
@@ -107,8 +107,8 @@ class _Bounded:
             await self.leases.renew(self.owner, self.kind, self.token)
 
     async def close(self) -> None:
-        if self.token is not None:
-            self.token, token = None, self.token
+        token, self.token = self.token, None
+        if token is not None:
             self.rt.metrics.add(m.STREAMS, self.kind, self.outcome)
             # shielded: Sanic cancels a WebSocket handler once the socket closes; the lease must go all the same
             await asyncio.shield(self.leases.close(self.owner, self.kind, token))

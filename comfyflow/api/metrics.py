@@ -1,11 +1,12 @@
 """``/metrics`` (Prometheus) and the HTTP request metrics.
 
 ``/metrics`` answers INTERNAL keys, or the separate ``COMFYFLOW_METRICS_TOKEN`` (a bearer token that opens
-nothing else), and refuses other roles with 403: the numbers describe every tenant and every backend. Any API process answers with the numbers of the whole fleet
-(API processes and workers alike; see ``comfyflow/metrics.py``), so Prometheus scrapes one target: the API's
-service address. Each request is counted by route pattern (``/api/v1/jobs/<job_id:str>``, never the concrete
-path), method and status, with its latency to the response headers; the counts are added to the fleet's totals
-in Redis within ``COMFYFLOW_METRICS_FLUSH_SECONDS``.
+nothing else), and refuses other roles with 403: the numbers describe every tenant and every backend. Any API
+process answers with the numbers of the whole fleet (API processes and workers alike; see
+``comfyflow/metrics.py``), so Prometheus scrapes one target: the API's service address. Each request is counted
+by route pattern (``/api/v1/jobs/<job_id:str>``, never the concrete path), method and status, with its latency
+to the response headers; the counts are added to the fleet's totals in Redis within
+``COMFYFLOW_METRICS_FLUSH_SECONDS``.
 """
 
 from __future__ import annotations

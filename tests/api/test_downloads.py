@@ -13,7 +13,6 @@ from comfyflow_fsspec.storage import FsspecStorage
 from comfyflow.api import downloads
 from tests.api.helpers import error_of, submit, wait_for
 
-
 CHUNK = 64
 
 

@@ -38,8 +38,8 @@ async def _metrics(http: aiohttp.ClientSession, api: Any, key: str, **want: floa
             assert r.status == 200
             scrape = Samples.parse(await r.text())
         seen = {}
-        for spec, value in want.items():
-            name, kind, outcome = (spec.split("__") + [""])[:3]
+        for spec in want:
+            name, kind, outcome = [*spec.split("__"), ""][:3]
             labels = {"kind": kind, **({"outcome": outcome} if outcome else {})}
             seen[spec] = scrape.get1(f"comfyflow_event_streams_{name}", **labels)
         if seen == want:
