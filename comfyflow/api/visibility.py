@@ -15,7 +15,7 @@ from sanic import Request
 from comfyflow.models import Role
 
 #: Job fields only INTERNAL callers see.
-INTERNAL_JOB_FIELDS = ("backend", "flow_run_id", "worker", "cancel_requested")
+INTERNAL_JOB_FIELDS = ("backend", "flow_run_id", "worker")
 INTERNAL_RESULT_FIELDS = ("backend", "prompt_id", "adopted")
 
 #: The human message a tenant reads for each error code; the codes are stable, the text explains and advises.
@@ -119,7 +119,7 @@ def job_for(request: Request, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_for(request: Request, data: dict[str, Any]) -> dict[str, Any]:
-    """A dumped pipeline run as this caller may see it (in place)."""
+    """A dumped pipeline run or batch as this caller may see it (in place)."""
     if is_internal(request):
         return data
     data.pop("flow_run_id", None)

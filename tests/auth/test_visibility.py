@@ -123,3 +123,17 @@ async def test_anonymous_probes_read_a_cached_state_that_names_no_host(auth_api,
     async with http.get(api.url("/health/details"), headers=auth(internal)) as r:
         detail = await r.json()
     assert detail["dependencies"]["backends"][fake.url]["status"] == "ok" and detail["version"]
+
+
+async def test_batches_show_the_flow_run_to_internal_callers_only(auth_api, http) -> None:  # type: ignore[no-untyped-def]
+    api = await auth_api(run_worker=False, limits=FAST)
+    seen = {}
+    for role in (Role.FREE, Role.INTERNAL):
+        key = await api.key(role)
+        async with http.post(api.url("/api/v1/batches"), json={"items": [TINY]}, headers=auth(key)) as r:
+            assert r.status == 202, await r.text()
+            batch = await r.json()
+        async with http.get(api.url(f"/api/v1/batches/{batch['batch_id']}"), headers=auth(key)) as r:
+            seen[role] = await r.json()
+    assert "flow_run_id" not in seen[Role.FREE] and "flow_run_id" in seen[Role.INTERNAL]
+    assert seen[Role.FREE]["items"][0]["status"] == "queued"
