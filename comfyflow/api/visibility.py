@@ -83,6 +83,16 @@ def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
     if code in OWN_INPUT_CODES:
         out.update(message=error.get("message") or code, details=error.get("details"))
         return out
+    if code == "STEP_FAILED":  # a pipeline step: comfyflow's own words, unless they quote the step's job error
+        step_error = as_dict(details.get("error"))
+        if not step_error:
+            out.update(message=error.get("message") or code, details=details)
+            return out
+        inner = public_error(step_error) or {}
+        step = details.get("step")
+        out.update(message=f"Step {step!r} failed: {inner.get('message')}",
+                   details={"step": step, "job_id": details.get("job_id"), "error": inner})  # fmt: skip
+        return out
     public: dict[str, Any] = {}
     fmt: dict[str, str] = {}
     if code == "INVALID_GRAPH":
@@ -125,4 +135,6 @@ def run_for(request: Request, data: dict[str, Any]) -> dict[str, Any]:
     data.pop("flow_run_id", None)
     if data.get("error"):
         data["error"] = public_error(data["error"])
+        if data.get("message"):  # the run's message repeats its error's
+            data["message"] = data["error"]["message"]
     return data
