@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from comfyflow.api.visibility import public_error
+from comfyflow.core.visibility import public_error
 
 BACKEND = "http://10.1.2.3:8188"
 EXECUTION = {

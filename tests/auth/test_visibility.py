@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 
 from comfyflow.models import Role
+from comfyflow.testing.webhook_receiver import WebhookReceiver
+from tests.api.test_webhooks import new_secret
 from tests.auth.conftest import TINY, auth
 
 FAST = {"free": {"requests_per_minute": 10_000, "daily_jobs": 1000}, "pro": {"requests_per_minute": 10_000}}
@@ -137,3 +139,20 @@ async def test_batches_show_the_flow_run_to_internal_callers_only(auth_api, http
             seen[role] = await r.json()
     assert "flow_run_id" not in seen[Role.FREE] and "flow_run_id" in seen[Role.INTERNAL]
     assert seen[Role.FREE]["items"][0]["status"] == "queued"
+
+
+async def test_a_tenants_webhook_shows_what_its_api_view_shows(auth_api, http, fake) -> None:  # type: ignore[no-untyped-def]
+    secret = new_secret()
+    async with WebhookReceiver(secret) as rx:
+        hooks = {"secret": secret, "allow_networks": ["127.0.0.0/8"], "backoff_seconds": 0.05, "poll_seconds": 0.05}
+        api = await auth_api(limits=FAST, webhooks=hooks)
+        free, internal = await api.key(Role.FREE), await api.key(Role.INTERNAL)
+        fake.faults.fail_node_types = {"KSampler"}
+        tenant = await _finished(http, api, free, {**TINY, "webhook": rx.url})
+        staff = await _finished(http, api, internal, {**TINY, "webhook": rx.url})
+        fake.faults.fail_node_types = set()
+        await rx.wait(lambda r: len(r.delivered("job.failed")) == 2)
+    bodies = {r.payload["data"]["job_id"]: r.payload["data"] for r in rx.delivered("job.failed")}
+    mine, theirs = bodies[tenant["job_id"]], bodies[staff["job_id"]]
+    assert mine["error"] == tenant["error"] and "backend" not in mine and _host(fake.url) not in json.dumps(mine)
+    assert theirs["backend"] == fake.url and theirs["error"]["details"]["traceback"]
