@@ -72,3 +72,18 @@ async def test_nothing_is_throttled_with_auth_off(auth_api: Any, http: aiohttp.C
     for _ in range(5):
         async with http.get(api.url("/healthz")) as r:
             assert r.status == 200
+
+
+async def test_behind_a_proxy_each_forwarded_client_has_its_own_count(auth_api: Any, http: aiohttp.ClientSession) -> None:  # noqa: E501
+    a = await auth_api(run_worker=False, throttle={"anonymous_per_minute": 2, "proxies_count": 1})
+    for client in ("203.0.113.7", "2001:db8:1:2::5"):
+        for _ in range(2):
+            async with http.get(a.url("/healthz"), headers={"X-Forwarded-For": client}) as r:
+                assert r.status == 200, client
+        async with http.get(a.url("/healthz"), headers={"X-Forwarded-For": client}) as r:
+            await error_of(r, 429, "RATE_LIMIT_EXCEEDED")
+    # IPv6 clients are counted per /64: a neighbour in the same network shares the count
+    async with http.get(a.url("/healthz"), headers={"X-Forwarded-For": "2001:db8:1:2::99"}) as r:
+        await error_of(r, 429, "RATE_LIMIT_EXCEEDED")
+    async with http.get(a.url("/healthz"), headers={"X-Forwarded-For": "198.51.100.1"}) as r:
+        assert r.status == 200
