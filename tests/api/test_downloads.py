@@ -68,27 +68,23 @@ async def test_concurrent_downloads_are_bounded(api_factory, http, monkeypatch, 
     base = await api_factory(max_concurrent_downloads=1)
     job = await wait_for(http, base, (await submit(http, base))["job_id"])
     url = job["result"]["artifacts"][0]["url"]
-    gate = asyncio.Event()
+    gate, holding = asyncio.Event(), asyncio.Event()
     original = FsspecStorage.read_range
 
     async def slow(self: Any, key: str, start: int, end: int) -> bytes:
-        await gate.wait()  # the first download holds its place until the test lets it go
+        holding.set()  # the first download is inside: it holds the only place
+        await asyncio.wait_for(gate.wait(), timeout=60)  # until the test lets it go
         return await original(self, key, start, end)
 
     monkeypatch.setattr(FsspecStorage, "read_range", slow)
     monkeypatch.setattr(downloads, "QUEUE_SECONDS", 0.2)
     first = asyncio.create_task(http.get(url))
-    await asyncio.sleep(0)
-    deadline = asyncio.get_running_loop().time() + 20
-    while True:  # the second one is refused once the first holds the only place
-        async with http.get(url) as r:
-            if r.status == 503:
-                await error_of(r, 503, "BACKEND_UNAVAILABLE")
-                assert int(r.headers["Retry-After"]) >= 1
-                break
-        assert asyncio.get_running_loop().time() < deadline, "never refused"
+    await asyncio.wait_for(holding.wait(), timeout=30)
+    async with http.get(url) as r:
+        await error_of(r, 503, "BACKEND_UNAVAILABLE")
+        assert int(r.headers["Retry-After"]) >= 1
     gate.set()
-    async with await first as r:
+    async with await asyncio.wait_for(first, timeout=30) as r:
         assert r.status == 200 and len(await r.read()) == job["result"]["artifacts"][0]["size"]
     async with http.get(url) as r:
         assert r.status == 200, "the place is free again"
