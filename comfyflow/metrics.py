@@ -161,12 +161,21 @@ BACKEND_QUEUE = Spec(
     "comfyflow_backend_queue_depth", "gauge", "Prompts in the backend's own queue at its last probe.", ("backend",)
 )
 WEBHOOKS_PENDING = Spec("comfyflow_webhook_pending_deliveries", "gauge", "Webhook deliveries not yet delivered.")
+STREAM_KINDS = ("sse", "ws")
+#: How a progress stream ended (``refused``: over its owner's cap; ``idle``/``lifetime``: closed by the server,
+#: the client resumes with Last-Event-ID; ``done``: after the job's last event; ``closed``: the client left).
+STREAM_OUTCOMES = ("refused", "done", "idle", "lifetime", "closed")
+STREAMS_OPEN = Spec("comfyflow_event_streams_open", "gauge", "Progress streams open now, by kind.", ("kind",))
+STREAMS = Spec(
+    "comfyflow_event_streams_total", "counter", "Progress streams that ended or were refused, by kind and outcome.",
+    ("kind", "outcome"), known=_product(STREAM_KINDS, STREAM_OUTCOMES),
+)  # fmt: skip
 
 ALL: tuple[Spec, ...] = (
     JOBS_SUBMITTED, JOBS_FINISHED, JOB_RETRIES, JOB_DURATION, FIRST_PROGRESS, BACKEND_BUSY, BACKEND_FAILURES,
     STORAGE_BYTES, STORAGE_ERRORS, HTTP_REQUESTS, HTTP_DURATION, WEBHOOK_DELIVERIES, QUEUE_DEPTH, QUEUE_DELAYED,
     JOBS_IN_PROGRESS, WORKERS_ALIVE, BACKEND_CAPACITY, BACKEND_SLOTS_IN_USE, BACKEND_UP, WEBHOOKS_PENDING,
-    BACKEND_QUEUE,
+    BACKEND_QUEUE, STREAMS_OPEN, STREAMS,
 )  # fmt: skip
 BY_NAME = {s.name: s for s in ALL}
 

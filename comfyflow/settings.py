@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from comfyflow.auth_settings import DEFAULT_GRAPH_NODES, JwtSettings, Limits
 from comfyflow.errors import ConfigError
+from comfyflow.security_settings import StreamSettings, ThrottleSettings
 from comfyflow.webhook_settings import WebhookSettings
 
 ENV_PREFIX = "COMFYFLOW_"
@@ -108,6 +109,18 @@ class Settings(BaseSettings):
     artifact_url_seconds: int = Field(default=3600, ge=10, description="Lifetime of artifact links (role default).")
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # --- what anyone may spend and see (issue 12; comfyflow/security_settings.py) --------------------------
+    throttle: ThrottleSettings = Field(default_factory=ThrottleSettings, description="COMFYFLOW_THROTTLE__...")
+    streams: StreamSettings = Field(default_factory=StreamSettings, description="COMFYFLOW_STREAMS__...")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token Prometheus may scrape /metrics with; unset = INTERNAL keys only."
+    )
+    health_refresh_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="How often the health state anonymous probes read is refreshed."
+    )
+    max_concurrent_downloads: int = Field(
+        default=32, ge=1, le=10_000, description="Artifact downloads one API process serves at once; more get 503."
+    )
 
     # --- auth and tenancy (see comfyflow/auth_settings.py) ------------------------------------------------------
     auth: str = Field(

@@ -27,14 +27,17 @@ from comfyflow.api import (
 )
 from comfyflow.api.auth_policy import AuthPolicy, check_auth_settings
 from comfyflow.api.docs import bp as docs_bp
+from comfyflow.api.health import HealthMonitor
 from comfyflow.api.http import add_headers, assign_request_id
 from comfyflow.api.policy import OpenPolicy
+from comfyflow.api.throttle import Throttle, before_auth
 from comfyflow.core.batches import BatchStore
 from comfyflow.core.links import Links
 from comfyflow.core.pipelines import PipelineRunStore
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.sheets import ContactSheets
 from comfyflow.core.submission import Submitter
+from comfyflow.errors import Unauthorized
 from comfyflow.settings import Settings, load_settings
 
 #: Routes that answer without credentials. Artifact links carry their own signature instead.
@@ -64,6 +67,8 @@ def create_app(
     app.config.RESPONSE_TIMEOUT = max(600, int(settings.sync_timeout_seconds) + 30)
     app.config.NOISY_EXCEPTIONS = False
     app.ctx.settings = settings
+    if settings.throttle.proxies_count:
+        app.config.PROXIES_COUNT = settings.throttle.proxies_count  # client address from X-Forwarded-For
     if policy is None:
         check_auth_settings(settings)  # fail at start: unknown plugin, or auth off on a public address
     # With auth on, the AuthPolicy is built once Redis is open (_open).
@@ -77,11 +82,12 @@ def create_app(
     app.blueprint(batch_grid.bp)  # /api/v1/batches/{id}/grid (contact sheet)
     app.blueprint(console.bp)  # /ui: the web console (static files; the script calls the API with a key)
     app.blueprint(pipelines.bp)  # /api/v1/pipelines, /api/v1/pipeline-runs
-    app.blueprint(metrics.bp)  # /metrics: authenticated like any route; the fleet's numbers (comfyflow/metrics.py)
+    app.blueprint(metrics.bp)  # /metrics: INTERNAL keys or the metrics token; the fleet's numbers
     app.blueprint(webhooks.bp)
     app.blueprint(backends.bp)  # /api/v1/backends and /api/v1/admin/backends (INTERNAL)
     app.error_handler.add(Exception, errors.handle)
     app.on_request(assign_request_id, priority=100)
+    app.on_request(before_auth, priority=91)  # per-address limits, before any credential is looked at
     app.on_request(_authenticate, priority=90)
     app.on_response(add_headers)
     metrics.install(app)  # HTTP request metrics
@@ -100,11 +106,14 @@ def create_app(
         app.ctx.rt = await Runtime.open(settings, urls.redis_url, **runtime_overrides)
         if app.ctx.policy is None:
             app.ctx.policy = AuthPolicy.from_runtime(app.ctx.rt)
+        app.ctx.throttle = Throttle(settings, app.ctx.rt.redis, public=PUBLIC, exempt_prefix=SIGNED_PREFIX)
         app.ctx.links = Links(settings, app.ctx.rt.storage)
         app.ctx.submitter = Submitter(app.ctx.rt)
         app.ctx.batches = BatchStore(app.ctx.rt.store)
         app.ctx.sheets = ContactSheets(app.ctx.batches, app.ctx.rt.storage)
         app.ctx.pipeline_runs = PipelineRunStore(app.ctx.rt.store)
+        app.ctx.health = HealthMonitor(app.ctx.rt, urls.prefect_api_url)
+        app.ctx.health.start()  # anonymous probes read its state; none of them checks anything itself
         app.ctx.stop = asyncio.Event()
         app.ctx.worker_task = None
         if run_worker:
@@ -117,6 +126,7 @@ def create_app(
     @app.before_server_stop
     async def _stop(app: Sanic) -> None:
         app.ctx.stop.set()
+        await app.ctx.health.aclose()
         if app.ctx.worker_task is not None:
             await app.ctx.worker_task
 
@@ -131,7 +141,14 @@ async def _authenticate(request: Request) -> None:
     path = request.path
     if path in PUBLIC or path in console.PUBLIC_PATHS or path.startswith(SIGNED_PREFIX) or request.method == "OPTIONS":
         return
-    request.ctx.principal = await request.app.ctx.policy.authenticate(request)
+    if metrics.has_metrics_token(request):
+        request.ctx.metrics_token = True
+        return
+    try:
+        request.ctx.principal = await request.app.ctx.policy.authenticate(request)
+    except Unauthorized:
+        await request.app.ctx.throttle.failed(request)  # 429 once the address is over its limit
+        raise
 
 
 async def _cors_preflight(request: Request) -> HTTPResponse | None:

@@ -12,8 +12,9 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from comfyflow.api.http import json_body, query_int
-from comfyflow.api.jobs import IDEMPOTENCY_KEY
+from comfyflow.api.jobs import IDEMPOTENCY_KEY, idempotency_scope
 from comfyflow.api.views import job_view
+from comfyflow.api.visibility import run_for
 from comfyflow.core.batches import Batch, BatchRequest, BatchStore, expand, new_batch_id
 from comfyflow.core.submission import quota_key
 from comfyflow.errors import Conflict, IdempotencyConflict, NotFound, Overloaded, QuotaExceeded, ValidationError
@@ -37,8 +38,8 @@ async def own_batch(request: Request, batch_id: str) -> Batch:
     return batch
 
 
-def batch_view(batch: Batch) -> dict[str, Any]:
-    data = batch.model_dump(mode="json", exclude={"owner", "sweep"})
+def batch_view(request: Request, batch: Batch) -> dict[str, Any]:
+    data = run_for(request, batch.model_dump(mode="json", exclude={"owner", "sweep"}))  # no flow run id for tenants
     # the swept fields and how many values each has (the values themselves can be long prompts)
     data["axes"] = {name: len(values) for name, values in (batch.sweep or {}).items()}
     base = f"/api/v1/batches/{batch.batch_id}"
@@ -112,7 +113,7 @@ async def create_batch(request: Request) -> HTTPResponse:
             )
         canonical = _json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         fp = hashlib.sha256(canonical.encode()).hexdigest()[:32]
-        idem = (ctx.submitter.idem_key(principal.id, f"batch:{idem_header}"), fp)
+        idem = (ctx.submitter.idem_key(idempotency_scope(principal), f"batch:{idem_header}"), fp)
     limit, day = await ctx.policy.daily_limit(principal)
     quota = (quota_key(ctx.rt.store.keys.prefix, principal.id, day), limit) if limit is not None else None
     created = await store.create(
@@ -135,7 +136,7 @@ async def create_batch(request: Request) -> HTTPResponse:
     headers = {"Location": f"/api/v1/batches/{batch.batch_id}"}
     if created.outcome == "existing":
         headers["Idempotent-Replayed"] = "true"
-    return json(batch_view(batch), status=202, headers=headers)
+    return json(batch_view(request, batch), status=202, headers=headers)
 
 
 def _cursor(index: int) -> str:
@@ -181,7 +182,7 @@ async def get_batch(request: Request, batch_id: str) -> HTTPResponse:
                 items.append(await item_view(request, pos, job))
             last = pos
         index = last + 1
-    data = batch_view(batch)
+    data = batch_view(request, batch)
     data["items"] = items
     data["next_cursor"] = _cursor(index) if limit and index < batch.total else None
     data["limit"] = limit
@@ -206,7 +207,7 @@ async def list_batches(request: Request) -> HTTPResponse:
         if batch is None:  # its records expired
             await store.redis.zrem(store.keys.owner_batches(request.ctx.principal.id), bid)
             continue
-        out.append(batch_view(batch))
+        out.append(batch_view(request, batch))
         last = batch
     next_cursor = None
     if len(out) == limit and last is not None:
@@ -220,7 +221,7 @@ async def cancel_batch(request: Request, batch_id: str) -> HTTPResponse:
     """Cancel the items not finished yet: queued ones never start, running ones are interrupted."""
     await own_batch(request, batch_id)
     outcomes = await batches(request).cancel(batch_id)
-    data = batch_view(await own_batch(request, batch_id))
+    data = batch_view(request, await own_batch(request, batch_id))
     data["canceled"] = outcomes
     return json(data, status=202 if data["status"] in ("queued", "running") else 200)
 
@@ -234,6 +235,6 @@ async def retry_batch(request: Request, batch_id: str) -> HTTPResponse:
     if not retried:
         which = "failed or canceled" if include_canceled else "failed"
         raise Conflict(f"Batch {batch_id} has no {which} items to retry.", details={"batch_id": batch_id})
-    data = batch_view(await own_batch(request, batch_id))
+    data = batch_view(request, await own_batch(request, batch_id))
     data["retried"] = retried
     return json(data, status=202, headers={"Location": f"/api/v1/batches/{batch_id}"})

@@ -55,6 +55,31 @@ SSE_EVENT = {
         "data": {"type": "string", "contentMediaType": "application/json"},
     },
 }
+IDEMPOTENCY_SCOPE = (
+    "Makes a retried submission safe. The key is scoped to the credential the request is sent with: the API key "
+    "(for a JWT, its jti; without one, the user). The same credential, key and body within "
+    "COMFYFLOW_IDEMPOTENCY_TTL_SECONDS (24 h) answers with the original job or batch (Idempotent-Replayed: true); "
+    "the same key with another body is a 422; while the first request is still being handled, a 409. Another API "
+    "key, even of the same user, never replays it: the same Idempotency-Key there makes a new job."
+)
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": IDEMPOTENCY_SCOPE,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+}
+#: What an anonymous caller learns from /health: a word per dependency name.
+HEALTH = {
+    "type": "object",
+    "required": ["status", "dependencies"],
+    "properties": {
+        "status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
+        "dependencies": {"type": "object", "additionalProperties": {"type": "string",
+                                                                    "enum": ["up", "degraded", "down"]}},
+        "checked_at": {"type": ["string", "null"]},
+    },
+}  # fmt: skip
 COMMON_ERRORS = (400, 401, 403, 404, 405, 413, 415, 422, 429, 503)
 
 
@@ -130,7 +155,8 @@ def _more_paths(schemas: dict[str, Any]) -> dict[str, Any]:
               {"name": "limit", "in": "query",
                "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]  # fmt: skip
     return {
-        "/api/v1/batches": {"post": _op("Submit a batch (items or a sweep)", "202", body=batch),
+        "/api/v1/batches": {"post": _op("Submit a batch (items or a sweep)", "202", body=batch,
+                                        params=[IDEMPOTENCY_HEADER]),
                             "get": _op("Your batches", "200", params=cursor)},
         "/api/v1/batches/{batch_id}": {"get": _op("A batch with its items", "200", params=[bid, *cursor]),
                                        "delete": _op("Cancel the rest of a batch", "200", params=[bid],
@@ -184,12 +210,7 @@ def openapi() -> dict[str, Any]:
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
     }
-    idem = {
-        "name": "Idempotency-Key",
-        "in": "header",
-        "required": False,
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
-    }
+    idem = IDEMPOTENCY_HEADER
     obj = {"type": "object"}
     paths: dict[str, Any] = {
         "/api/v1/jobs": {
@@ -254,17 +275,23 @@ def openapi() -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus metrics of the whole fleet", "responses": {
             "200": {"description": "text exposition format 0.0.4",
                     "content": {"text/plain": {"schema": {"type": "string"}}}},
-            **_errors(401, 403)}}},
-        "/health": {"get": {"summary": "Every dependency", "security": [], "responses": {
+            **_errors(401, 403, 429)}}},
+        "/health": {"get": {"summary": "Each dependency by name: up, degraded or down (cached; no details)",
+                            "security": [], "responses": {
+            "200": {"description": "healthy", "content": {"application/json": {"schema": HEALTH}}},
+            "503": {"description": "degraded or unhealthy", "content": {"application/json": {"schema": HEALTH}}},
+            **_errors(429)}}},
+        "/health/details": {"get": {"summary": "The last health check in full (INTERNAL)", "responses": {
             "200": {"description": "healthy", "content": {"application/json": {"schema": obj}}},
-            "503": {"description": "degraded", "content": {"application/json": {"schema": obj}}}}}},
+            "503": {"description": "degraded or unhealthy", "content": {"application/json": {"schema": obj}}},
+            **_errors(401, 403, 429)}}},
         "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {
-            "200": {"description": "alive", "content": {"application/json": {"schema": obj}}}}}},
+            "200": {"description": "alive", "content": {"application/json": {"schema": obj}}}, **_errors(429)}}},
         "/readyz": {"get": {"summary": "Readiness", "security": [], "responses": {
             "200": {"description": "ready", "content": {"application/json": {"schema": obj}}},
-            "503": {"description": "not ready", "content": {"application/json": {"schema": obj}}}}}},
+            "503": {"description": "not ready", "content": {"application/json": {"schema": obj}}}, **_errors(429)}}},
         "/ping": {"get": {"summary": "Ping", "security": [], "responses": {
-            "200": {"description": "pong", "content": {"application/json": {"schema": obj}}}}}},
+            "200": {"description": "pong", "content": {"application/json": {"schema": obj}}}, **_errors(429)}}},
     }  # fmt: skip
     return {
         "openapi": "3.1.0",

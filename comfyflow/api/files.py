@@ -7,20 +7,19 @@ import io
 import re
 import uuid
 import warnings
-from typing import Any
 from urllib.parse import unquote
 
 from PIL import Image
 from sanic import Blueprint, Request
-from sanic.response import HTTPResponse, json, raw
+from sanic.response import HTTPResponse, json
 
+from comfyflow.api import downloads
 from comfyflow.api.http import TooLarge, UnsupportedMediaType
 from comfyflow.errors import Gone, NotFound, ValidationError
 
 bp = Blueprint("files")
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 KEY = re.compile(r"^[A-Za-z0-9_./-]{1,512}$")
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
@@ -82,8 +81,8 @@ async def upload(request: Request) -> HTTPResponse:
 
 
 @bp.route("/api/v1/artifacts/<key:path>", methods=["GET", "HEAD"])
-async def artifact(request: Request, key: str) -> HTTPResponse:
-    """Serve a stored artifact through a signed, expiring link, with Range support."""
+async def artifact(request: Request, key: str) -> HTTPResponse | None:
+    """Serve a stored artifact through a signed, expiring link, streamed, with Range support."""
     key = unquote(key)
     if not KEY.match(key) or ".." in key.split("/"):
         raise NotFound("No such artifact.")
@@ -96,52 +95,28 @@ async def artifact(request: Request, key: str) -> HTTPResponse:
         if job is not None and job.status.value == "expired":
             raise Gone("This artifact was deleted by the retention policy.")
         raise NotFound("No such artifact.")
-    size = info.size
-    etag = f'"{info.sha256[:32]}"' if info.sha256 else f'"{size}"'
+    etag = f'"{info.sha256[:32]}"' if info.sha256 else f'"{info.size}"'
     headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "private, max-age=300"}
-    ctype = info.content_type or "application/octet-stream"
     if request.headers.get("if-none-match") == etag:
         return HTTPResponse(status=304, headers=headers)
-    rng = request.headers.get("range")
-    if rng:
-        m = RANGE.match(rng.strip())
-        start, end = _range(m, size)
-        if start is None:
-            return HTTPResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-        data = b"" if request.method == "HEAD" else await storage.read_range(key, start, end + 1)
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        return raw(data, status=206, content_type=ctype, headers={**headers, "Content-Length": str(end - start + 1)})
-    data = b"" if request.method == "HEAD" else await storage.get(key)
-    return raw(data, content_type=ctype, headers={**headers, "Content-Length": str(size)})
-
-
-def _range(m: Any, size: int) -> tuple[int | None, int]:
-    if not m or (not m.group(1) and not m.group(2)):
-        return None, 0
-    if m.group(1):
-        start = int(m.group(1))
-        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-    else:
-        start, end = max(0, size - int(m.group(2))), size - 1
-    if start >= size or start > end:
-        return None, 0
-    return start, end
+    return await downloads.send(request, key, info, headers)  # streamed in chunks, bounded per process
 
 
 @bp.get("/api/v1/models")
 async def models(request: Request) -> HTTPResponse:
-    """Models and samplers the backends offer (their /object_info, cached)."""
-    per_backend: dict[str, Any] = {}
+    """Models and samplers the backends offer (their /object_info, cached). No host is named: how many
+    backends answered is all a caller learns of them (INTERNAL callers have /api/v1/backends)."""
     folders: dict[str, set[str]] = {}
     samplers: set[str] = set()
     schedulers: set[str] = set()
-    for url, backend in request.app.ctx.rt.backends.items():
+    answering = 0
+    backends = request.app.ctx.rt.backends
+    for backend in backends.values():
         try:
             caps = await backend.capabilities()
-        except Exception as exc:
-            per_backend[url] = {"status": "down", "detail": str(exc)}
+        except Exception:
             continue
-        per_backend[url] = {"status": "ok", "models": caps.models}
+        answering += 1
         for folder, names in caps.models.items():
             folders.setdefault(folder, set()).update(names)
         samplers.update(caps.samplers)
@@ -151,7 +126,6 @@ async def models(request: Request) -> HTTPResponse:
         "models": {k: sorted(v) for k, v in folders.items()},
         "samplers": sorted(samplers),
         "schedulers": sorted(schedulers),
-        "backends": per_backend,
+        "backends": {"total": len(backends), "answering": answering},
     }
     return json(body)
-

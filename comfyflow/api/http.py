@@ -62,6 +62,22 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object without repeated keys: with the last value silently winning, a body could say one thing to a
+    reader (or a proxy that checks the first) and another to us."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _depth(value: Any, level: int = 0) -> int:
     if level > MAX_DEPTH:
         return level
@@ -73,10 +89,11 @@ def _depth(value: Any, level: int = 0) -> int:
 
 
 def json_body(request: Request, *, max_bytes: int) -> Any:
-    """The request's JSON body, strictly: application/json, no NaN/Infinity, bounded size and depth.
+    """The request's JSON body, strictly: application/json, no NaN/Infinity, no repeated key in an object,
+    bounded size and depth.
 
     Raises:
-        UnsupportedMediaType (415), TooLarge (413), BadBody (400).
+        UnsupportedMediaType (415), TooLarge (413), BadBody (400), ValidationError (422: a repeated key).
     """
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -90,7 +107,15 @@ def json_body(request: Request, *, max_bytes: int) -> Any:
     if not body.strip():
         raise BadBody("The body is empty; send a JSON object.")
     try:
-        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(
+            body, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
+    except _DuplicateKey as dup:
+        key = dup.key[:100]
+        raise ValidationError(
+            f"The JSON has the key {key!r} more than once in one object; send each key once.",
+            details=[{"field": key, "message": "duplicate key", "type": "duplicate_key"}],
+        ) from None
     except RecursionError:
         raise BadBody(f"The JSON is nested too deeply; at most {MAX_DEPTH} levels.") from None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -15,12 +15,19 @@ from comfyflow.api.http import json_body, query_int
 from comfyflow.api.views import job_view
 from comfyflow.core.webhooks.targets import check_target
 from comfyflow.errors import Conflict, NotFound, ValidationError
-from comfyflow.models import Job, JobState, parse_request
+from comfyflow.models import Job, JobState, Principal, parse_request
 
 bp = Blueprint("jobs", url_prefix="/api/v1")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 SCAN_LIMIT = 2000  # jobs one list request reads at most; with a status filter the page may end early
+
+
+def idempotency_scope(principal: Principal) -> str:
+    """Where an Idempotency-Key is looked up: the credential the request came with (an API key; a JWT's
+    ``jti``), so two keys of one user never replay each other's requests. Without a credential id (a JWT
+    without ``jti``, or auth off) it is the user."""
+    return f"{principal.id}/{principal.key_id}" if principal.key_id else principal.id
 
 
 async def own_job(request: Request, job_id: str) -> Job:
@@ -46,7 +53,8 @@ async def _submit(request: Request) -> tuple[Job, bool]:
         await check_target(req.webhook, request.app.ctx.settings.webhooks.allow_networks)
     limit, day = await request.app.ctx.policy.daily_limit(principal)
     sub = await request.app.ctx.submitter.submit(
-        req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day,
+        req, owner=principal.id, idempotency_key=key, idempotency_scope=idempotency_scope(principal),
+        daily_limit=limit, day=day,
         extra={**request.app.ctx.policy.job_fields(principal), "request_id": request.ctx.request_id},
     )
     return sub.job, sub.replayed

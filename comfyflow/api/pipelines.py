@@ -14,6 +14,7 @@ from sanic.response import HTTPResponse, json
 
 from comfyflow.api.http import json_body, query_int
 from comfyflow.api.views import job_view
+from comfyflow.api.visibility import run_for
 from comfyflow.core.batches import Label
 from comfyflow.core.pipelines import PipelineRun, PipelineRunStore, registry
 from comfyflow.core.submission import quota_key
@@ -49,7 +50,7 @@ async def own_run(request: Request, run_id: str) -> PipelineRun:
 
 
 async def run_view(request: Request, run: PipelineRun, *, steps: bool = True) -> dict[str, Any]:
-    data = run.model_dump(mode="json", exclude={"owner"})
+    data = run_for(request, run.model_dump(mode="json", exclude={"owner"}))
     data["links"] = {"self": f"/api/v1/pipeline-runs/{run.run_id}", "pipeline": f"/api/v1/pipelines/{run.pipeline}"}
     if steps:
         store = request.app.ctx.rt.store

@@ -6,6 +6,7 @@ from typing import Any
 
 from sanic import Request
 
+from comfyflow.api.visibility import job_for
 from comfyflow.models import Job
 
 
@@ -15,7 +16,8 @@ def base_url(request: Request) -> str:
 
 
 async def job_view(request: Request, job: Job) -> dict[str, Any]:
-    """The job resource; artifact URLs are minted now, with the caller's link lifetime."""
+    """The job resource as this caller may see it (comfyflow/api/visibility.py); artifact URLs are minted now,
+    with the caller's link lifetime."""
     data = job.model_dump(mode="json", exclude={"worker", "owner"})
     if job.result is not None:
         links = request.app.ctx.links
@@ -25,5 +27,6 @@ async def job_view(request: Request, job: Job) -> dict[str, Any]:
             art["url"] = await links.url(base, art["key"], ttl)
         if data["result"].get("metadata_key"):
             data["result"]["metadata_url"] = await links.url(base, data["result"]["metadata_key"], ttl)
+    job_for(request, data)
     data["links"] = {"self": f"/api/v1/jobs/{job.job_id}", "events": f"/api/v1/jobs/{job.job_id}/events"}
     return data

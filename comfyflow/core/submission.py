@@ -72,11 +72,13 @@ class Submitter:
         *,
         owner: str,
         idempotency_key: str | None = None,
+        idempotency_scope: str | None = None,
         daily_limit: int | None = None,
         day: str = "",
         extra: dict[str, Any] | None = None,
     ) -> Submitted:
-        """Queue one job for ``owner``.
+        """Queue one job for ``owner``. An ``idempotency_key`` is looked up within ``idempotency_scope`` (the
+        caller's credential, see comfyflow/api/jobs.py), or the owner when none is given.
 
         Raises:
             Overloaded, QuotaExceeded, IdempotencyConflict (other body), IdempotencyInFlight, ValidationError.
@@ -85,7 +87,7 @@ class Submitter:
         fp = fingerprint(request)
         idem = None
         if idempotency_key:
-            idem = (self.idem_key(owner, idempotency_key), fp)
+            idem = (self.idem_key(idempotency_scope or owner, idempotency_key), fp)
             res = await store.scripts.run("idem_begin", [idem[0]], [fp, PENDING_TTL_MS])
             state = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
             if state == "in_progress":

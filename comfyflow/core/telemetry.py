@@ -16,6 +16,7 @@ from comfyflow.core.keys import GROUP, PRIORITIES
 from comfyflow.core.queue import queue_depth
 from comfyflow.core.recorder import error_class
 from comfyflow.core.runtime import Runtime
+from comfyflow.core.streams import StreamLeases
 from comfyflow.core.webhooks.outbox import WebhookKeys
 from comfyflow.models import ErrorInfo
 
@@ -64,7 +65,9 @@ async def live_gauges(rt: Runtime) -> dict[m.Spec, dict[tuple[str, ...], float]]
     pipe.zcard(WebhookKeys(keys.prefix).due)
     res = await pipe.execute(raise_on_error=False)
     delayed, pendings, workers, webhooks = res[0], res[1:4], res[4], res[5]
-    depth, health = await asyncio.gather(queue_depth(rt.redis, keys), _health(rt))
+    depth, health, streams = await asyncio.gather(
+        queue_depth(rt.redis, keys), _health(rt), StreamLeases(rt.redis, keys.prefix).count()
+    )
     in_use = {url: await rt.slots.in_use(url) for url in rt.backends}
     fresh = max(10.0, rt.settings.heartbeat_seconds * 5)
     now = time.time()
@@ -80,6 +83,7 @@ async def live_gauges(rt: Runtime) -> dict[m.Spec, dict[tuple[str, ...], float]]
         m.BACKEND_UP: {(u,): up for u, (up, _) in health.items()},
         m.BACKEND_QUEUE: {(u,): float(q) for u, (_, q) in health.items() if q is not None},
         m.WEBHOOKS_PENDING: {(): float(webhooks if isinstance(webhooks, int) else 0)},
+        m.STREAMS_OPEN: {(kind,): float(n) for kind, n in streams.items()},
     }
 
 

@@ -8,33 +8,39 @@ from tests.api.helpers import error_of, submit, tiny
 
 
 async def test_health_is_200_only_when_every_dependency_is_up(api_factory, http, fake) -> None:  # type: ignore[no-untyped-def]
-    base = await api_factory()
+    base = await api_factory(health_refresh_seconds=0.1)
 
-    async def health() -> tuple[int, dict]:
-        async with http.get(f"{base}/health") as r:
+    async def health(path: str = "/health") -> tuple[int, dict]:
+        async with http.get(f"{base}{path}") as r:
             assert r.headers["X-Request-ID"] and r.headers["X-API-Version"] == "v1"
             return r.status, await r.json()
 
-    # the workers announce themselves with their first heartbeat
-    status, body = await health()
-    for _ in range(100):
-        if status == 200:
-            break
-        await asyncio.sleep(0.05)
-        status, body = await health()
-    assert status == 200 and body["status"] == "healthy", body
-    deps = body["dependencies"]
-    assert {"redis", "storage", "prefect", "workers", "backends"} <= set(deps)
+    async def until(predicate, path: str = "/health") -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+        deadline = asyncio.get_running_loop().time() + 20
+        status, body = await health(path)
+        while not predicate(status, body):
+            assert asyncio.get_running_loop().time() < deadline, body
+            await asyncio.sleep(0.05)
+            status, body = await health(path)
+        return status, body
+
+    # the workers announce themselves with their first heartbeat; the background check sees it next round
+    status, body = await until(lambda s, b: s == 200)
+    assert body["status"] == "healthy" and body["checked_at"], body
+    assert body["dependencies"] == {n: "up" for n in ("redis", "storage", "prefect", "workers", "backends")}
+    # auth is off here (every caller is INTERNAL): the details name URLs and latencies
+    status, detail = await health("/health/details")
+    deps = detail["dependencies"]
     for name in ("redis", "storage", "workers"):
         assert deps[name]["status"] == "ok" and deps[name]["latency_s"] >= 0
-    assert deps["backends"][fake.url]["status"] == "ok"
-    assert body["version"]
+    assert deps["backends"][fake.url]["status"] == "ok" and detail["version"]
 
     await fake.stop()
-    status, body = await health()
+    status, body = await until(lambda s, b: b["dependencies"].get("backends") == "down")
     assert status == 503 and body["status"] == "degraded", body
-    assert body["dependencies"]["backends"][fake.url]["status"] == "down"
-    assert body["dependencies"]["redis"]["status"] == "ok"
+    assert body["dependencies"]["redis"] == "up"
+    _, detail = await health("/health/details")
+    assert detail["dependencies"]["backends"][fake.url]["status"] == "down"
     # submissions are still accepted and wait in the queue
     await submit(http, base)
 
@@ -58,10 +64,22 @@ async def test_liveness_ping_openapi_and_docs(api_factory, http) -> None:  # typ
         assert "/openapi.json" in await r.text()
 
 
+async def _readyz(http, base: str, status: int) -> dict:  # type: ignore[no-untyped-def]
+    """Poll /readyz (a cached state, refreshed in the background) until it answers ``status``."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        async with http.get(f"{base}/readyz") as r:
+            body = await r.json()
+            if r.status == status:
+                assert status == 200 or r.headers["Retry-After"]
+                return dict(body)
+        assert asyncio.get_running_loop().time() < deadline, body
+        await asyncio.sleep(0.05)
+
+
 async def test_admission_control_refuses_over_queue_depth(api_factory, http) -> None:  # type: ignore[no-untyped-def]
-    base = await api_factory(run_worker=False, max_queue_depth=2)
-    async with http.get(f"{base}/readyz") as r:
-        assert r.status == 200 and (await r.json())["status"] == "ready"
+    base = await api_factory(run_worker=False, max_queue_depth=2, health_refresh_seconds=0.1)
+    assert (await _readyz(http, base, 200))["status"] == "ready"
     await submit(http, base)
     await submit(http, base)
     async with http.post(f"{base}/api/v1/jobs", json=tiny()) as r:
@@ -71,10 +89,8 @@ async def test_admission_control_refuses_over_queue_depth(api_factory, http) -> 
     async with http.post(f"{base}/api/v1/generate", json=tiny()) as r:
         await error_of(r, 503, "BACKEND_UNAVAILABLE")
         assert r.headers["Retry-After"]
-    async with http.get(f"{base}/readyz") as r:
-        assert r.status == 503 and r.headers["Retry-After"]
-        body = await r.json()
-        assert body["status"] == "not_ready" and "queue depth 2" in body["reasons"][0]
+    body = await _readyz(http, base, 503)
+    assert body == {"status": "not_ready", "dependencies": {"redis": "up", "storage": "up", "queue": "down"}}
     async with http.get(f"{base}/healthz") as r:
         assert r.status == 200, "liveness does not depend on the queue"
     # a refused submission used no Idempotency-Key: the same key works once there is room

@@ -24,6 +24,8 @@ from tests.auth.conftest import auth
 PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/openapi.json"}
 CONSOLE = {"/ui"}  # the web console's page and its files (no data in them); any other /ui/<name> needs a key
 PARAM = re.compile(r"<([a-z_]+)(?::[a-z]+)?>")
+#: These tests send more refused requests than one address may per minute (tests/auth/test_throttle.py): off.
+UNTHROTTLED = {"throttle": {"auth_failures_per_minute": 0, "anonymous_per_minute": 0}}
 VALUES = {"job_id": "0" * 32, "key": "jobs/" + "0" * 32 + "/0.png", "user_id": "u_0", "key_id": "k0"}
 
 
@@ -54,7 +56,7 @@ async def _status(http: aiohttp.ClientSession, base: str, method: str, path: str
 
 
 async def test_every_route_needs_credentials(auth_api: Any, http: aiohttp.ClientSession) -> None:
-    api = await auth_api(run_worker=False)
+    api = await auth_api(run_worker=False, **UNTHROTTLED)
     table = routes(api.app)
     assert len(table) >= 25 and ("POST", "/api/v1/admin/users", False) in table and any(ws for *_, ws in table)
     seen_public = set()
@@ -75,7 +77,7 @@ async def test_every_route_needs_credentials(auth_api: Any, http: aiohttp.Client
 
 
 async def test_every_route_refuses_a_bad_key_too(auth_api: Any, http: aiohttp.ClientSession) -> None:
-    api = await auth_api(run_worker=False)
+    api = await auth_api(run_worker=False, **UNTHROTTLED)
     bad = auth(new_key()[0])
     for method, path, ws in routes(api.app):
         if path in PUBLIC or path in CONSOLE or path.startswith("/api/v1/artifacts/"):

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from comfyflow.core.runtime import Runtime
+from comfyflow.core.visibility import redact_job
 from comfyflow.core.webhooks.outbox import NewDelivery, Outbox
 
 log = structlog.get_logger("comfyflow.webhooks")
@@ -129,6 +130,9 @@ class Watcher:
         if job is None:
             return {"status": status}
         data = job.model_dump(mode="json", exclude={"worker", "owner", "request", "labels"})
+        role = await self.rt.redis.hget(self.rt.store.keys.job(job_id), "role")
+        if (role.decode() if isinstance(role, bytes) else role) != "internal":
+            redact_job(data)  # a tenant's webhook learns what its API view shows, nothing more
         data["status"] = status  # as of the event (the job may have been retried since)
         data["links"] = {"self": f"/api/v1/jobs/{job_id}", "events": f"/api/v1/jobs/{job_id}/events"}
         return data
