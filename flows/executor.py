@@ -103,7 +103,8 @@ class PrefectExecutor:
 
     def tags_for(self, ctx: AttemptContext) -> list[str]:
         job = ctx.job
-        tags = [f"priority:{job.priority.value}", f"owner:{job.owner}", *[f"label:{lab}" for lab in job.labels[:5]]]
+        tags = [f"job:{job.job_id}", f"priority:{job.priority.value}", f"owner:{job.owner}",
+                *[f"label:{lab}" for lab in job.labels[:5]]]  # fmt: skip
         if ctx.raw.get("request_id"):  # the API request that submitted the job (X-Request-ID), findable in the UI
             tags.append(f"request:{ctx.raw['request_id']}")
         return tags
@@ -178,6 +179,7 @@ async def watch_ui(executor: PrefectExecutor, store: JobStore, stop: asyncio.Eve
                 await _apply(executor, store, run)
             if tick % RECONCILE_EVERY == 0:
                 await reconciler.sweep(dflt)
+            await delete_expired_runs(executor, store)
         except Exception as exc:
             log.warning("watching Prefect failed", error=str(exc))
         tick += 1
@@ -219,6 +221,33 @@ class Reconciler:
                     )
                     await self.executor._force(run.id, state)
         self.suspects = stale
+
+
+async def delete_expired_runs(executor: PrefectExecutor, store: JobStore, batch: int = 50) -> int:
+    """Delete the flow runs (every attempt's, tagged ``job:<id>``) of jobs the retention sweeper expired; their
+    task runs, states and logs go with them. Returns how many runs were deleted."""
+    assert executor.client is not None and executor.deployment_id is not None
+    deleted = 0
+    while True:
+        raw = await store.redis.lrange(store.keys.prefect_gc, 0, batch - 1)
+        if not raw:
+            return deleted
+        tags = [f"job:{j.decode() if isinstance(j, bytes) else j}" for j in raw]
+        body = {"flow_runs": {"tags": {"any_": tags}, "deployment_id": {"any_": [str(executor.deployment_id)]}},
+                "limit": BULK_LIMIT}  # fmt: skip
+        while True:  # a job may have several attempts' runs: until none of these jobs has one left
+            async with executor.calls:
+                r = await executor.client.request("POST", "/flow_runs/bulk_delete", json=body)  # type: ignore[arg-type]
+            r.raise_for_status()
+            gone = len(r.json().get("deleted", []))
+            deleted += gone
+            if gone < BULK_LIMIT:
+                break
+        await store.redis.ltrim(store.keys.prefect_gc, len(raw), -1)
+
+
+#: Prefect's most flow runs deleted by one bulk_delete.
+BULK_LIMIT = 50
 
 
 async def _apply(executor: PrefectExecutor, store: JobStore, run: Any) -> None:

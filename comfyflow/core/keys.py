@@ -66,6 +66,11 @@ class Keys:
         return f"{self.prefix}:retention"
 
     @property
+    def prefect_gc(self) -> str:
+        """List of ids of expired jobs whose Prefect flow runs are still to be deleted (drained by the executor)."""
+        return f"{self.prefix}:prefect:gc"
+
+    @property
     def workers(self) -> str:
         """Hash of worker id -> last heartbeat (ms)."""
         return f"{self.prefix}:workers"

@@ -1,4 +1,5 @@
-"""Retention: delete artifacts past their role's retention and mark their jobs ``expired``.
+"""Retention: delete artifacts past their role's retention and mark their jobs ``expired``; their Prefect flow
+runs are then deleted too (queued here, deleted by the executor), so Prefect's database does not grow forever.
 
 Safe on several workers at once: deleting a prefix is idempotent and the state change is one atomic script.
 Failed jobs whose store step left some files behind are put on the same schedule (due at once) so their
@@ -15,6 +16,8 @@ import structlog
 from comfyflow.core.runtime import Runtime
 
 log = structlog.get_logger("comfyflow.retention")
+#: Expired jobs whose flow runs wait to be deleted from Prefect, at most (a Prefect down for weeks loses the oldest).
+PREFECT_GC_MAX = 100_000
 
 
 class RetentionSweeper:
@@ -39,6 +42,11 @@ class RetentionSweeper:
                 continue
             keys = [store.keys.job(job_id), store.keys.events(job_id), store.keys.retention]
             state = await store.scripts.run("expire", keys, [job_id, repr(store.clock()), store.ttl])
+            if self.rt.settings.prefect_enabled:  # its flow runs go too (flows/executor.py drains the list)
+                async with self.rt.redis.pipeline(transaction=False) as pipe:
+                    pipe.rpush(store.keys.prefect_gc, job_id)
+                    pipe.ltrim(store.keys.prefect_gc, -PREFECT_GC_MAX, -1)
+                    await pipe.execute()
             log.info("retention swept", job_id=job_id, files=removed, state=state)
             done += 1
         return done
