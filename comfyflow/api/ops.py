@@ -11,7 +11,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from comfyflow import __version__
-from comfyflow.core.queue import queue_depth
+from comfyflow.core.queue import missing_groups, queue_depth
 
 bp = Blueprint("ops")
 
@@ -92,9 +92,15 @@ async def healthz(request: Request) -> HTTPResponse:
 async def readyz(request: Request) -> HTTPResponse:
     """Readiness: Redis and storage answer and the queue is under its admission limit."""
     rt = request.app.ctx.rt
-    reasons = []
+    reasons: list[str] = []
+    degraded: list[str] = []
     try:
         await asyncio.wait_for(rt.redis.ping(), timeout=2)
+        if missing := await missing_groups(rt.redis, rt.store.keys):
+            degraded.append(
+                f"queue consumer group missing on {', '.join(missing)} (Redis lost its data); "
+                "workers recreate it within seconds"
+            )
         depth = sum((await queue_depth(rt.redis, rt.store.keys)).values())
         depth -= int(await rt.redis.get(rt.store.keys.batch_backlog) or 0)  # batches have their own limit
         if depth >= request.app.ctx.settings.max_queue_depth:
@@ -105,8 +111,9 @@ async def readyz(request: Request) -> HTTPResponse:
         await asyncio.wait_for(rt.storage.list("health/"), timeout=3)
     except Exception as exc:
         reasons.append(f"storage: {type(exc).__name__}: {exc}")
-    if reasons:
-        return json({"status": "not_ready", "reasons": reasons}, status=503, headers={"Retry-After": "5"})
+    if reasons or degraded:
+        status = "not_ready" if reasons else "degraded"
+        return json({"status": status, "reasons": reasons + degraded}, status=503, headers={"Retry-After": "5"})
     return json({"status": "ready"})
 
 

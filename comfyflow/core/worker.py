@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import time
 import uuid
@@ -21,7 +22,8 @@ import structlog
 from comfyflow.core import telemetry
 from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.queue import QueueReader
-from comfyflow.core.reaper import Reaper
+from comfyflow.core.reaper import Reaper, lost_errors
+from comfyflow.core.redis_conn import Backoff, is_redis_down
 from comfyflow.core.retention import RetentionSweeper
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.steps import run_attempt
@@ -39,10 +41,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def backoff(settings: object, attempt: int) -> float:
+def backoff(settings: object, attempt: int, rng: random.Random | None = None) -> float:
+    """Delay before the next attempt: doubling per attempt up to the cap, with jitter (half fixed, half random)
+    so jobs that failed together (a backend restart) do not all come back at the same instant."""
     base = getattr(settings, "retry_backoff_seconds", 2.0)
     cap = getattr(settings, "retry_backoff_max_seconds", 60.0)
-    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+    delay = float(min(cap, base * 2 ** max(0, attempt - 1)))
+    return delay / 2 + (rng or random).uniform(0, delay / 2)
 
 
 def classify(exc: BaseException) -> ErrorInfo:
@@ -52,6 +57,26 @@ def classify(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, pydantic.ValidationError):
         return ErrorInfo(code="VALIDATION_ERROR", message=str(exc), details=exc.errors(include_url=False))
     return ErrorInfo(code="INTERNAL_ERROR", message=f"{type(exc).__name__}: {exc}", transient=True)
+
+
+async def _acquire_unless(sem: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+    """Take a slot of ``sem``, or give up as soon as ``stop`` is set (then holding nothing)."""
+    if stop.is_set():
+        return False
+    acquire = asyncio.ensure_future(sem.acquire())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not acquire.done():
+            acquire.cancel()
+        await asyncio.gather(acquire, stopped, return_exceptions=True)
+    got = acquire.done() and not acquire.cancelled() and acquire.exception() is None
+    if got and stop.is_set():
+        sem.release()
+        return False
+    return got
 
 
 class Worker:
@@ -91,19 +116,28 @@ class Worker:
         if self.rt.settings.webhooks.enabled:  # signed job notifications (comfyflow/core/webhooks/)
             bg.append(asyncio.create_task(WebhookService(self.rt).run_forever(self._stopping)))
         log.info("worker started", worker=self.name, concurrency=self.concurrency)
+        retry = Backoff(base=0.2, cap=5.0)
         try:
             while not stop.is_set():
-                await sem.acquire()
+                if not await _acquire_unless(sem, stop):  # stop claiming at once, even with every slot busy
+                    break
                 try:
                     msg = await self.reader.next(block_ms=500)
-                except Exception as exc:  # Redis restarting: wait and go on
+                except Exception as exc:  # Redis restarting: back off with jitter, reconnect, go on
                     sem.release()
-                    log.error("queue read failed", error=str(exc))
-                    await asyncio.sleep(0.5)
+                    delay = retry.next()
+                    log.error("queue read failed", error=str(exc), retry_in=round(delay, 2))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
                     continue
+                retry.reset()
                 if msg is None:
                     sem.release()
                     continue
+                if stop.is_set():  # read while stopping: hand it back to the queue for another worker
+                    sem.release()
+                    await self._hand_back(msg)
+                    break
                 task = asyncio.create_task(self._handle(msg, sem))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -114,6 +148,11 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*bg, return_exceptions=True)
             log.info("worker stopped", worker=self.name)
+
+    async def _hand_back(self, msg: QueueMessage) -> None:
+        retry_info, final = lost_errors(self.rt.settings.lease_seconds, self.rt.settings.max_attempts)
+        with contextlib.suppress(Exception):  # else the reaper redelivers it after the lease
+            await self.rt.store.reclaim(msg, retry_info, final)
 
     async def shutdown(self, grace: float) -> None:
         """Let running attempts finish for ``grace`` seconds, then release the rest to the queue."""
@@ -152,7 +191,10 @@ class Worker:
                     with contextlib.suppress(Exception):
                         await self.rt.slots.release(lease)
         except Exception as exc:
-            log.exception("job handling failed", job_id=msg.job_id, error=str(exc))
+            if is_redis_down(exc):  # the job stays running in Redis; the reaper re-queues it once the lease lapses
+                log.warning("job handling stopped: Redis unavailable", job_id=msg.job_id, error=str(exc))
+            else:
+                log.exception("job handling failed", job_id=msg.job_id, error=str(exc))
         finally:
             sem.release()
 
@@ -167,7 +209,7 @@ class Worker:
                 log_.info("job canceled")
             elif ctx.stop_reason == "shutdown":
                 info = ErrorInfo(code="WORKER_SHUTDOWN", message="worker shut down; attempt released", transient=True)
-                await store.give_up_attempt(claim, info, delay=0)
+                await store.give_up_attempt(claim, info, delay=0, free=True)  # never uses up an attempt
                 log_.info("attempt released on shutdown")
             elif ctx.stop_reason != "lost":
                 raise
@@ -176,6 +218,8 @@ class Worker:
             log_.warning("attempt lost to another worker")
             return
         except BaseException as exc:
+            if is_redis_down(exc):
+                raise  # no state can be saved; the lease lapses and the reaper re-queues the job
             await self._failed(ctx, exc)
             return
         if await store.complete(claim, result):
