@@ -10,14 +10,12 @@ import contextlib
 import hashlib
 import json
 import secrets
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from comfyflow.core import routing
+from comfyflow.core import routing, staging
 from comfyflow.core.attempt import AttemptContext, prompt_id_for
 from comfyflow.core.keys import PRIORITIES
 from comfyflow.core.pool import is_device_error, requirement_for
@@ -294,7 +292,7 @@ async def _render(ctx: AttemptContext, backend: Backend, prepared: Prepared, pid
 
 
 async def _fetch_all(ctx: AttemptContext, backend: Backend, pid: str, outputs: list[Any], cap: int) -> list[Staged]:
-    folder = ctx.runtime.staging / ctx.job.job_id / str(ctx.claim.attempt)
+    folder = staging.attempt_folder(ctx.runtime.staging, ctx.job.job_id, ctx.claim.attempt)
     folder.mkdir(parents=True, exist_ok=True)
     staged = []
     for index, ref in enumerate(outputs):
@@ -314,7 +312,7 @@ async def store_step(ctx: AttemptContext, prepared: Prepared, rendered: Rendered
     """Write every file and metadata.json to storage, verify them, then clean the staging folder."""
     await ctx.progress(Progress(value=0.98, phase="storing"), force=True)
     result = await store_outputs(ctx, prepared, rendered)
-    shutil.rmtree(Path(ctx.runtime.staging) / ctx.job.job_id, ignore_errors=True)
+    await asyncio.to_thread(staging.remove_attempt, ctx.runtime.staging, ctx.job.job_id, ctx.claim.attempt)
     return result
 
 

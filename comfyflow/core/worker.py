@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import pydantic
 import structlog
 
-from comfyflow.core import telemetry
+from comfyflow.core import staging, telemetry
 from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.queue import QueueReader
 from comfyflow.core.reaper import Reaper, lost_errors
@@ -28,6 +28,7 @@ from comfyflow.core.retention import RetentionSweeper
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.steps import run_attempt
 from comfyflow.core.store import Claim, QueueMessage
+from comfyflow.core.storing import attempt_prefix, drop_other_attempts
 from comfyflow.core.webhooks import WebhookService
 from comfyflow.errors import ComfyflowError, LeaseLost
 from comfyflow.models import ErrorInfo, JobResult
@@ -181,8 +182,9 @@ class Worker:
             task: asyncio.Task[JobResult] = asyncio.ensure_future(self.runner(ctx))
             self.active[claim.job_id] = (ctx, task)
             hb = asyncio.create_task(self._heartbeat(ctx, task))
+            committed = False
             try:
-                await self._finish(ctx, task)
+                committed = await self._finish(ctx, task)
             finally:
                 hb.cancel()
                 telemetry.attempt_done(ctx)
@@ -190,6 +192,7 @@ class Worker:
                 for lease in list(ctx.leases):
                     with contextlib.suppress(Exception):
                         await self.rt.slots.release(lease)
+                await self._tidy(ctx, committed)
         except Exception as exc:
             if is_redis_down(exc):  # the job stays running in Redis; the reaper re-queues it once the lease lapses
                 log.warning("job handling stopped: Redis unavailable", job_id=msg.job_id, error=str(exc))
@@ -198,7 +201,21 @@ class Worker:
         finally:
             sem.release()
 
-    async def _finish(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> None:
+    async def _tidy(self, ctx: AttemptContext, committed: bool) -> None:
+        """End of every attempt: its staged files go; objects it stored go unless it committed (then the objects
+        of earlier attempts that never committed go). Best effort and bounded: the sweepers catch the rest."""
+        job_id, attempt = ctx.claim.job_id, ctx.claim.attempt
+        await asyncio.to_thread(staging.remove_attempt, self.rt.staging, job_id, attempt)
+        try:
+            async with asyncio.timeout(15):
+                if not committed:
+                    await self.rt.storage.delete_prefix(attempt_prefix(job_id, attempt))
+                elif attempt > 1 and ctx.result is not None:
+                    await drop_other_attempts(self.rt.storage, job_id, ctx.result)
+        except Exception as exc:
+            ctx.log.warning("could not remove uncommitted objects", error=f"{type(exc).__name__}: {exc}")
+
+    async def _finish(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> bool:
         store, claim = self.rt.store, ctx.claim
         log_ = ctx.log
         try:
@@ -213,26 +230,29 @@ class Worker:
                 log_.info("attempt released on shutdown")
             elif ctx.stop_reason != "lost":
                 raise
-            return
+            return False
         except LeaseLost:
             log_.warning("attempt lost to another worker")
-            return
+            return False
         except BaseException as exc:
             if is_redis_down(exc):
                 raise  # no state can be saved; the lease lapses and the reaper re-queues the job
             await self._failed(ctx, exc)
-            return
+            return False
         if await store.complete(claim, result):
+            ctx.result = result
             log_.info("job succeeded", artifacts=len(result.artifacts), backend=result.backend)
-        else:
-            log_.warning("job finished but the attempt was no longer ours; result discarded")
+            return True
+        log_.warning("job finished but the attempt was no longer ours; result discarded")
+        return False
 
     async def _failed(self, ctx: AttemptContext, exc: BaseException) -> None:
         info = classify(exc)
         telemetry.attempt_failed(ctx, info)
         store, claim = self.rt.store, ctx.claim
         if not info.transient:
-            await store.fail(claim, info)
+            if await store.fail(claim, info):
+                await self.sweeper.schedule_cleanup(claim.job_id)  # earlier attempts may have stored objects
             ctx.log.warning("job failed", code=info.code, error=info.message)
             return
         final = info.model_copy(
@@ -240,8 +260,8 @@ class Worker:
         )
         delay = backoff(self.rt.settings, claim.attempt)
         outcome, attempt = await store.give_up_attempt(claim, info, delay=delay, final=final)
-        if outcome == "failed" and info.code == "STORAGE_ERROR":
-            await self.sweeper.schedule_cleanup(claim.job_id)  # remove what the store step managed to write
+        if outcome == "failed":
+            await self.sweeper.schedule_cleanup(claim.job_id)  # remove what any attempt's store step wrote
         ctx.log.warning("attempt failed", code=info.code, error=info.message, outcome=outcome, next_attempt=attempt)
 
     async def _heartbeat(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from comfyflow.models import JobState, Txt2ImgRequest
+from tests.conftest import stored_files
 from tests.core.conftest import running_worker, wait_done
 
 
@@ -60,7 +61,7 @@ async def test_sigkill_mid_render_succeeds_exactly_once(
     assert done.attempt == 2
     assert list(fake.prompts_posted.values()) == [1], "the reclaimed job must adopt, not render again"
     assert done.result is not None and done.result.adopted is finish_before_reclaim
-    files = sorted(p.name for p in (Path(rt.settings.resolved_storage_url[7:]) / "jobs" / job.job_id).iterdir())
+    files = stored_files(Path(rt.settings.resolved_storage_url[7:]) / "jobs" / job.job_id)
     assert files == ["0.png", "metadata.json"], "exactly one set of artifacts"
     assert await rt.slots.in_use(fake.url) == 0
 

@@ -117,7 +117,8 @@ async def test_redis_down_answers_503_then_every_accepted_job_completes(
 
 async def test_every_redis_call_is_bounded_by_timeouts(make_settings) -> None:  # type: ignore[no-untyped-def]
     """A Redis that accepts connections but never answers (a hung server, a half-open network path): opening the
-    runtime fails with a Redis timeout within its bounds instead of hanging."""
+    runtime fails with a Redis timeout within its bounds instead of hanging. (A guard: redis-py 8 defaults to 5 s
+    timeouts, which comfyflow now sets explicitly from its settings; this fails if a client is made without.)"""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
