@@ -166,6 +166,13 @@ class OutputTooLarge(RenderError):
     code = "OUTPUT_TOO_LARGE"
 
 
+class BadOutput(RenderError):
+    """Raised when an image output is not what it claims (wrong magic bytes, truncated, undecodable) or is a
+    decompression bomb. Permanent: the job fails and nothing of it is stored."""
+
+    code = "BAD_OUTPUT"
+
+
 class NoOutputs(RenderError):
     """Raised when a prompt finished but produced no output file. Permanent."""
 

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     render_timeout_seconds: float = Field(default=1800.0, gt=0, description="Upper bound of one render.")
     store_timeout_seconds: float = Field(default=120.0, gt=0, description="How long storage may stay down per attempt.")
     max_output_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Largest output file fetched.")
+    max_output_pixels: int = Field(
+        default=8192 * 8192, gt=0, description="Largest image output, in pixels (above = BAD_OUTPUT, a bomb)."
+    )
     object_info_ttl_seconds: float = Field(default=300.0, ge=0)
     priority_weights: dict[str, int] = Field(
         default_factory=lambda: {"high": 8, "normal": 3, "low": 1},

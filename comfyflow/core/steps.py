@@ -18,6 +18,7 @@ from typing import Any
 from comfyflow.core import routing, staging
 from comfyflow.core.attempt import AttemptContext, prompt_id_for
 from comfyflow.core.keys import PRIORITIES
+from comfyflow.core.outputs import check_output
 from comfyflow.core.pool import is_device_error, requirement_for
 from comfyflow.core.queue import queue_depth
 from comfyflow.core.slots import SlotLease
@@ -297,12 +298,17 @@ async def _fetch_all(ctx: AttemptContext, backend: Backend, pid: str, outputs: l
     staged = []
     for index, ref in enumerate(outputs):
         fetched = await backend.fetch(ref, max_bytes=cap)
+        await asyncio.to_thread(  # CPU work (Pillow), off the loop that also runs heartbeats
+            check_output, fetched.data, fetched.content_type, max_pixels=ctx.runtime.settings.max_output_pixels,
+            name=f"output {index} ({ref.node_id})",
+        )  # fmt: skip
         path = folder / f"{index}.{fetched.extension}"
         await asyncio.to_thread(path.write_bytes, fetched.data)
+        digest = await asyncio.to_thread(lambda data=fetched.data: hashlib.sha256(data).hexdigest())
         staged.append(
             Staged(
-                index, str(path), fetched.content_type, fetched.extension, len(fetched.data),
-                hashlib.sha256(fetched.data).hexdigest(), ref.kind, ref.node_id,
+                index, str(path), fetched.content_type, fetched.extension, len(fetched.data), digest, ref.kind,
+                ref.node_id,
             )
         )  # fmt: skip
     return staged

@@ -57,6 +57,9 @@ _DROP = object()
 _PROMPT_ID = web.RequestKey("prompt_id", str)
 
 
+BAD_OUTPUTS = frozenset({"", "truncated", "magic", "bomb"})
+
+
 @dataclass
 class Faults:
     """Fault switches. Assigning a field takes effect at once (``refuse`` stops/starts the listener)."""
@@ -68,6 +71,8 @@ class Faults:
     slow: float = 1.0
     oom: bool = False
     fail_node_types: set[str] = field(default_factory=set)
+    #: Corrupt the PNGs ``/view`` serves: "truncated", "magic" (wrong magic bytes) or "bomb" (a decompression bomb).
+    bad_output: str = ""
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -93,6 +98,10 @@ class Faults:
                 if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                     raise ValueError("fail_node_types must be a list of node class names")
                 clean[name] = set(value)
+            elif name == "bad_output":
+                if value not in BAD_OUTPUTS:
+                    raise ValueError(f"bad_output must be one of {sorted(BAD_OUTPUTS)}")
+                clean[name] = value
             elif isinstance(value, bool):
                 clean[name] = value
             else:
