@@ -138,6 +138,11 @@ class BackendUnavailable(RenderError):
     transient = True
 
 
+class NoHealthyBackend(BackendUnavailable):
+    """Raised when the pool has no healthy backend that can take a job yet (all down, or not through the
+    health hysteresis yet). The attempt waits for one (core/backend_wait.py) before it fails with this."""
+
+
 class OutOfMemory(RenderError):
     """Raised when a node fails with an out-of-memory error. Retried once after ``/free``."""
 

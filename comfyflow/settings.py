@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=15.0, gt=0.2, description="A job whose worker is silent this long is reclaimed."
     )
+    backend_wait_seconds: float = Field(
+        default=120.0, ge=0, description="How long a job waits (using no attempt) while no healthy backend can take it."
+    )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per job, crashes included.")
     retry_backoff_seconds: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
     retry_backoff_max_seconds: float = Field(default=60.0, ge=0)

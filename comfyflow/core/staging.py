@@ -38,8 +38,8 @@ async def sweep(staging: Path, redis: Redis, keys: Keys, *, min_age: float = 60.
     """
     candidates: list[tuple[Path, str, str]] = []
     now = time.time()
-    for job_dir in await asyncio.to_thread(lambda: [p for p in Path(staging).iterdir() if p.is_dir()]):
-        for attempt_dir in await asyncio.to_thread(lambda d=job_dir: [p for p in d.iterdir() if p.is_dir()]):
+    for job_dir in await asyncio.to_thread(_folders, Path(staging)):
+        for attempt_dir in await asyncio.to_thread(_folders, job_dir):
             with contextlib.suppress(OSError):
                 if now - attempt_dir.stat().st_mtime >= min_age:
                     candidates.append((attempt_dir, job_dir.name, attempt_dir.name))
@@ -56,6 +56,13 @@ async def sweep(staging: Path, redis: Redis, keys: Keys, *, min_age: float = 60.
             await asyncio.to_thread(_remove, folder)
             removed += 1
     return removed
+
+
+def _folders(parent: Path) -> list[Path]:
+    try:
+        return [p for p in parent.iterdir() if p.is_dir()]
+    except OSError:  # removed meanwhile
+        return []
 
 
 def _s(value: object) -> str:

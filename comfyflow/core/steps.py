@@ -17,13 +17,22 @@ from typing import Any
 
 from comfyflow.core import routing, staging
 from comfyflow.core.attempt import AttemptContext, prompt_id_for
+from comfyflow.core.backend_wait import until_a_backend_can_take
 from comfyflow.core.keys import PRIORITIES
 from comfyflow.core.outputs import check_output
 from comfyflow.core.pool import is_device_error, requirement_for
 from comfyflow.core.queue import queue_depth
 from comfyflow.core.slots import SlotLease
 from comfyflow.core.storing import store_outputs
-from comfyflow.errors import BackendUnavailable, DeviceFailed, ExecutionFailed, GraphInvalid, OutOfMemory, Stalled
+from comfyflow.errors import (
+    BackendUnavailable,
+    DeviceFailed,
+    ExecutionFailed,
+    GraphInvalid,
+    NoHealthyBackend,
+    OutOfMemory,
+    Stalled,
+)
 from comfyflow.models import Img2ImgRequest, JobResult, Progress, RawGraphRequest, parse_request
 from comfyflow.plugins.comfyui.templates import build_graph, default_model
 from comfyflow.plugins.protocols import Backend, PromptPhase
@@ -111,11 +120,16 @@ async def _candidates(ctx: AttemptContext, graph: dict[str, Any]) -> list[str]:
 
 async def validate_step(ctx: AttemptContext) -> Prepared:
     """Parse the request, fix the seed, build the graph and check it against a backend's /object_info.
+    While no healthy backend can take the job yet, waits (bounded, visible, using no attempt).
 
     Raises:
         GraphInvalid / ValidationError: permanent, the job fails at once.
-        BackendUnavailable: no backend answered (transient).
+        BackendUnavailable: no backend answered within COMFYFLOW_BACKEND_WAIT_SECONDS (transient).
     """
+    return await until_a_backend_can_take(ctx, lambda: _validate(ctx))
+
+
+async def _validate(ctx: AttemptContext) -> Prepared:
     request = parse_request(ctx.job.request)
     seed: int | None = None
     if not isinstance(request, RawGraphRequest):
@@ -135,7 +149,7 @@ async def validate_step(ctx: AttemptContext) -> Prepared:
             labels = requirement_for({}, job_labels=ctx.job.labels, known_models=frozenset()).labels
             caps = routing.default_checkpoint_source(await routing.described(ctx.runtime.pool), labels)
             if caps is None:
-                raise BackendUnavailable("No backend answered with its models; the job is retried.")
+                raise NoHealthyBackend("No healthy backend has described its models yet; the job waits for one.")
             model = default_model(caps)
         placeholder = "comfyflow_pending.png" if isinstance(request, Img2ImgRequest) else None
         draft = build_graph(request, seed=seed or 0, model=model, filename_prefix=prefix, input_image=placeholder)
@@ -304,7 +318,7 @@ async def _fetch_all(ctx: AttemptContext, backend: Backend, pid: str, outputs: l
         )  # fmt: skip
         path = folder / f"{index}.{fetched.extension}"
         await asyncio.to_thread(path.write_bytes, fetched.data)
-        digest = await asyncio.to_thread(lambda data=fetched.data: hashlib.sha256(data).hexdigest())
+        digest = await asyncio.to_thread(_sha256, fetched.data)
         staged.append(
             Staged(
                 index, str(path), fetched.content_type, fetched.extension, len(fetched.data), digest, ref.kind,
@@ -312,6 +326,10 @@ async def _fetch_all(ctx: AttemptContext, backend: Backend, pid: str, outputs: l
             )
         )  # fmt: skip
     return staged
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 async def store_step(ctx: AttemptContext, prepared: Prepared, rendered: Rendered) -> JobResult:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import os
 import platform
@@ -59,8 +60,8 @@ class FileAndInfoRoutes:
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         bad = getattr(getattr(self, "faults", None), "bad_output", "")
         if bad and filename.endswith(".png"):
-            return web.Response(body=corrupt_png(Path(file).read_bytes(), bad), headers=disposition,
-                                content_type=content_type)  # fmt: skip
+            body = corrupt_png(await asyncio.to_thread(Path(file).read_bytes), bad)
+            return web.Response(body=body, headers=disposition, content_type=content_type)
         if content_type in _FORCE_DOWNLOAD:
             content_type = "application/octet-stream"
         return web.FileResponse(file, headers={**disposition, "Content-Type": content_type})
