@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=60.0, ge=0)
     stall_timeout_seconds: float = Field(default=120.0, gt=0, description="No event from ComfyUI this long = stalled.")
     render_timeout_seconds: float = Field(default=1800.0, gt=0, description="Upper bound of one render.")
+    storage_call_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Bound of one storage call (a hung S3 answers nothing, not even errors)."
+    )
     store_timeout_seconds: float = Field(default=120.0, gt=0, description="How long storage may stay down per attempt.")
     max_output_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Largest output file fetched.")
     max_output_pixels: int = Field(

@@ -60,7 +60,15 @@ async def _put_verified(ctx: AttemptContext, key: str, data: bytes, content_type
         after=lambda _: ctx.runtime.metrics.add(metrics.STORAGE_ERRORS),  # every failed or unverified write
     ):
         with attempt:
-            stored = await storage.put(key, data, content_type=content_type)
+            try:
+                async with asyncio.timeout(ctx.runtime.settings.storage_call_timeout_seconds):
+                    stored = await storage.put(key, data, content_type=content_type)
+            except TimeoutError as exc:  # a hung S3 (e.g. never answering a PUT's 100-continue) times nothing out
+                raise StorageError(
+                    f"{key}: storage did not answer within {ctx.runtime.settings.storage_call_timeout_seconds:g}s "
+                    "(COMFYFLOW_STORAGE_CALL_TIMEOUT_SECONDS)",
+                    details={"key": key},
+                ) from exc
             if stored.size != len(data) or stored.sha256 != sha256:
                 raise StorageError(
                     f"{key}: stored {stored.size} bytes (sha256 {stored.sha256[:12]}), expected {len(data)} "

@@ -207,7 +207,7 @@ class Worker:
         job_id, attempt = ctx.claim.job_id, ctx.claim.attempt
         await asyncio.to_thread(staging.remove_attempt, self.rt.staging, job_id, attempt)
         try:
-            async with asyncio.timeout(15):
+            async with asyncio.timeout(self.rt.settings.storage_call_timeout_seconds):
                 if not committed:
                     await self.rt.storage.delete_prefix(attempt_prefix(job_id, attempt))
                 elif attempt > 1 and ctx.result is not None:

@@ -71,7 +71,9 @@ async def test_sigkill_mid_render_succeeds_exactly_once(
     ["refuse", "http_500", "hang", "drop_socket"],
 )
 async def test_backend_faults_are_retried_then_succeed(fake, runtime_factory, fault) -> None:  # type: ignore[no-untyped-def]
-    rt = await runtime_factory(backends=[fake.url], stall_timeout_seconds=1.0, max_attempts=3)
+    # No prober runs here, so a backend marked down by passive failures never comes back up: do not wait for
+    # one (tests/core/test_backend_wait.py covers waiting); every try spends an attempt.
+    rt = await runtime_factory(backends=[fake.url], stall_timeout_seconds=1.0, max_attempts=3, backend_wait_seconds=0)
     setattr(fake.faults, fault, True)
     async with running_worker(rt):
         job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2))).job
@@ -90,7 +92,7 @@ async def test_backend_faults_are_retried_then_succeed(fake, runtime_factory, fa
 
 @pytest.mark.parametrize("fault", ["refuse", "http_500", "hang"])
 async def test_backend_faults_that_persist_fail_classified_within_bound(fake, runtime_factory, fault) -> None:  # type: ignore[no-untyped-def]
-    rt = await runtime_factory(backends=[fake.url], stall_timeout_seconds=0.5, max_attempts=2)
+    rt = await runtime_factory(backends=[fake.url], stall_timeout_seconds=0.5, max_attempts=2, backend_wait_seconds=0)
     setattr(fake.faults, fault, True)
     async with running_worker(rt):
         job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2))).job
