@@ -71,6 +71,8 @@ class Faults:
     slow: float = 1.0
     oom: bool = False
     fail_node_types: set[str] = field(default_factory=set)
+    #: Seconds every HTTP answer (not the WebSocket) is late.
+    delay: float = 0.0
     #: Corrupt the PNGs ``/view`` serves: "truncated", "magic" (wrong magic bytes) or "bomb" (a decompression bomb).
     bad_output: str = ""
 
@@ -92,7 +94,7 @@ class Faults:
         for name, value in values.items():
             if name not in known:
                 raise ValueError(f"unknown fault {name!r}; known: {sorted(known)}")
-            if name == "slow":
+            if name in ("slow", "delay"):
                 clean[name] = float(value)
             elif name == "fail_node_types":
                 if isinstance(value, str) or not all(isinstance(v, str) for v in value):
@@ -432,6 +434,8 @@ class FakeComfyUI(FileAndInfoRoutes):
             if request.transport is not None:
                 request.transport.abort()
             raise ConnectionResetError("fake ComfyUI refuses connections")
+        if self.faults.delay > 0 and request.path != "/ws":  # a slow server: every HTTP answer comes late
+            await asyncio.sleep(self.faults.delay)
         return await handler(request)
 
     @web.middleware
