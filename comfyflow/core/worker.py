@@ -182,7 +182,7 @@ class Worker:
             task: asyncio.Task[JobResult] = asyncio.ensure_future(self.runner(ctx))
             self.active[claim.job_id] = (ctx, task)
             hb = asyncio.create_task(self._heartbeat(ctx, task))
-            committed = False
+            committed: bool | None = None  # None: unknown (Redis failed around the commit)
             try:
                 committed = await self._finish(ctx, task)
             finally:
@@ -201,16 +201,19 @@ class Worker:
         finally:
             sem.release()
 
-    async def _tidy(self, ctx: AttemptContext, committed: bool) -> None:
+    async def _tidy(self, ctx: AttemptContext, committed: bool | None) -> None:
         """End of every attempt: its staged files go; objects it stored go unless it committed (then the objects
-        of earlier attempts that never committed go). Best effort and bounded: the sweepers catch the rest."""
+        of earlier attempts that never committed go). Best effort and bounded: the sweepers catch the rest.
+        When the commit's outcome is unknown, or the job's result names this attempt's objects after all (a
+        retried commit script answered "not ours" to its own first run), nothing in storage is touched."""
         job_id, attempt = ctx.claim.job_id, ctx.claim.attempt
         await asyncio.to_thread(staging.remove_attempt, self.rt.staging, job_id, attempt)
+        prefix = attempt_prefix(job_id, attempt)
         try:
             async with asyncio.timeout(self.rt.settings.storage_call_timeout_seconds):
-                if not committed:
-                    await self.rt.storage.delete_prefix(attempt_prefix(job_id, attempt))
-                elif attempt > 1 and ctx.result is not None:
+                if committed is False and f'"{prefix}/' not in (await self.rt.store.raw(job_id)).get("result", ""):
+                    await self.rt.storage.delete_prefix(prefix)
+                elif committed and attempt > 1 and ctx.result is not None:
                     await drop_other_attempts(self.rt.storage, job_id, ctx.result)
         except Exception as exc:
             ctx.log.warning("could not remove uncommitted objects", error=f"{type(exc).__name__}: {exc}")

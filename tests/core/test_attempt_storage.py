@@ -18,7 +18,9 @@ from comfyflow.core.reaper import Reaper
 from comfyflow.core.retention import RetentionSweeper
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.steps import Prepared, Rendered, Staged
+from comfyflow.core.store import Claim
 from comfyflow.core.storing import store_outputs
+from comfyflow.core.worker import Worker
 from comfyflow.errors import LeaseLost, StorageError
 from comfyflow.models import JobState, Txt2ImgRequest
 from comfyflow.plugins.protocols import StoredObject
@@ -127,3 +129,18 @@ async def test_sweep_removes_staged_files_a_killed_process_left(fake, runtime_fa
     (fresh / "0.png").write_bytes(b"in use")
     await RetentionSweeper(rt).run_once()
     assert _files(rt.staging) == ["fedcba9876543210fedcba9876543210/1/0.png"]
+
+
+async def test_an_attempt_never_removes_objects_the_result_names(fake, runtime_factory) -> None:  # type: ignore[no-untyped-def]
+    """A commit script retried after a lost reply answers "not ours" to its own first run: the attempt then
+    believes it did not commit, and must still leave the job's result alone."""
+    rt = await runtime_factory(backends=[fake.url])
+    async with running_worker(rt):
+        job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2))).job
+        done = await wait_done(rt, job.job_id)
+    assert done.status == JobState.SUCCEEDED and done.result is not None
+    claim = Claim(job.job_id, done.attempt, "w", "stream", "0-1")
+    ctx = AttemptContext(rt, claim, done, await rt.store.raw(job.job_id))
+    await Worker(rt)._tidy(ctx, committed=False)
+    keys = await rt.storage.list(f"jobs/{job.job_id}")
+    assert keys == sorted([a.key for a in done.result.artifacts] + [done.result.metadata_key])
