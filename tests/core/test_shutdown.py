@@ -61,3 +61,15 @@ def test_retry_backoff_has_jitter(make_settings) -> None:  # type: ignore[no-unt
         delays = {backoff(settings, attempt) for _ in range(50)}
         assert len(delays) > 40, "jobs that failed together must not all retry at the same instant"
         assert all(full / 2 <= d <= full for d in delays), (attempt, min(delays), max(delays))
+
+
+def test_queue_read_backoff_grows_with_jitter_and_resets() -> None:
+    from comfyflow.core.redis_conn import Backoff
+
+    retry = Backoff(base=0.2, cap=5.0)
+    first = [Backoff(base=0.2, cap=5.0).next() for _ in range(50)]
+    assert len(set(first)) > 40 and all(0.1 <= d <= 0.2 for d in first)
+    delays = [retry.next() for _ in range(12)]
+    assert all(0.1 <= d <= 5.0 for d in delays) and max(delays[6:]) > 0.4, delays
+    retry.reset()
+    assert retry.next() <= 0.2
