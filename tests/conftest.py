@@ -60,6 +60,14 @@ async def close_runtime(rt: Any) -> None:
     await rt.aclose()
 
 
+def stored_files(folder: Path) -> list[str]:
+    """Names of the files under a job's folder if they sit in one attempt's folder; else every relative path."""
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    if len({f.parent for f in files}) == 1:
+        return sorted(f.name for f in files)
+    return [str(f) for f in files]
+
+
 @pytest.fixture
 def server_redis_url() -> str:
     return SERVER_REDIS

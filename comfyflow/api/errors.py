@@ -14,8 +14,12 @@ from sanic.response import HTTPResponse, json
 
 from comfyflow import errors as e
 from comfyflow.api.http import BadBody, TooLarge, UnsupportedMediaType
+from comfyflow.core.redis_conn import is_redis_down
 
 log = structlog.get_logger("comfyflow.api")
+
+#: Seconds a client should wait before retrying while Redis is down (a restart with AOF takes a few seconds).
+REDIS_RETRY_AFTER = 2
 
 STATUS: list[tuple[type[e.ComfyflowError], int]] = [
     (BadBody, 400),
@@ -123,5 +127,11 @@ async def handle(request: Request, exc: Exception) -> HTTPResponse:
             log.error("server error", status=status, error=str(exc), path=request.path)
             message = "internal error" if status == 500 else message
         return envelope(request, status, code, message, getattr(exc, "extra", None) or {}, headers)
+    if is_redis_down(exc):  # stopped, restarting or loading its data: come back shortly, never a 500
+        log.warning("redis unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
+        return envelope(
+            request, 503, "BACKEND_UNAVAILABLE", "The job store (Redis) is not answering; retry shortly.",
+            {"dependency": "redis"}, {"Retry-After": str(REDIS_RETRY_AFTER)},
+        )  # fmt: skip
     log.exception("unhandled error", path=request.path, error=f"{type(exc).__name__}: {exc}")
     return envelope(request, 500, "INTERNAL_ERROR", "An unexpected error occurred; it was logged.")

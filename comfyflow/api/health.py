@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from comfyflow.core.queue import queue_depth
+from comfyflow.core.queue import missing_groups, queue_depth
 from comfyflow.core.runtime import Runtime
 
 log = structlog.get_logger("comfyflow.health")
@@ -73,10 +73,14 @@ async def check_all(rt: Runtime, prefect_api_url: str | None) -> dict[str, Any]:
         return {"status": "ok" if h.ok else "down", "latency_s": round(h.latency_s, 4),
                 "queue_remaining": h.queue_remaining, "detail": h.detail}  # fmt: skip
 
-    names = ["redis", "storage", "prefect", "workers", "queue"]
+    async def groups() -> Any:  # gone when Redis restarted without persistence, until workers remake them
+        missing = await missing_groups(rt.redis, rt.store.keys)
+        return not missing, {"missing": missing}
+
+    names = ["redis", "storage", "prefect", "workers", "queue", "groups"]
     urls = list(rt.backends)
     results = await asyncio.gather(
-        *[_timed(c) for c in (redis, storage, prefect, workers, queue)], *[backend(u) for u in urls]
+        *[_timed(c) for c in (redis, storage, prefect, workers, queue, groups)], *[backend(u) for u in urls]
     )
     out: dict[str, Any] = dict(zip(names, results[: len(names)], strict=True))
     out["backends"] = dict(zip(urls, results[len(names) :], strict=True))

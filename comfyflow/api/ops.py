@@ -55,15 +55,22 @@ async def healthz(request: Request) -> HTTPResponse:
 
 @bp.get("/readyz")
 async def readyz(request: Request) -> HTTPResponse:
-    """Readiness: Redis and storage answered the last check and the queue is under its admission limit."""
+    """Readiness: Redis and storage answered the last check and the queue is under its admission limit;
+    ``degraded`` while Redis has lost the queue's consumer group (after a restart without persistence) until the
+    workers have made it again."""
     deps = await _monitor(request).current()
     if deps is None:
         return json({"status": "not_ready", "dependencies": {}}, status=503, headers={"Retry-After": "5"})
-    plain = {name: UP if deps[name]["status"] == "ok" else DOWN for name in ("redis", "storage", "queue")}
+    plain = {name: UP if deps[name]["status"] == "ok" else DOWN for name in ("redis", "storage", "queue", "groups")}
     if DOWN in plain.values():
-        body = {"status": "not_ready", "dependencies": plain}
+        status = "degraded" if [n for n, v in plain.items() if v == DOWN] == ["groups"] else "not_ready"
+        reasons = [GROUPS_MISSING] if plain["groups"] == DOWN else []
+        body = {"status": status, "dependencies": plain, "reasons": reasons}
         return json(body, status=503, headers={"Retry-After": "5"})
     return json({"status": "ready", "dependencies": plain})
+
+
+GROUPS_MISSING = "queue consumer group missing (Redis lost its data); workers recreate it within seconds"
 
 
 @bp.get("/ping")

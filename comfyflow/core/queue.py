@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from comfyflow.core.keys import GROUP, PRIORITIES, Keys
+from comfyflow.core.redis_conn import is_nogroup
 from comfyflow.core.store import QueueMessage
 from comfyflow.models import Priority
 
@@ -41,6 +43,36 @@ class StrideScheduler:
             self.passes = {p: v - low for p, v in self.passes.items()}
 
 
+async def ensure_group(redis: Redis, stream: str) -> bool:
+    """Create the queue's consumer group (and the stream) unless it exists. True when it had to be created.
+
+    Starting at id 0, so jobs submitted after Redis lost the group (their XADD made a group-less stream) run.
+    """
+    try:
+        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+        return False
+    return True
+
+
+async def missing_groups(redis: Redis, keys: Keys) -> list[str]:
+    """The queue streams whose consumer group is missing (one round trip)."""
+    pipe = redis.pipeline(transaction=False)
+    for prio in PRIORITIES:
+        pipe.xinfo_groups(keys.queue(prio))
+    res = await pipe.execute(raise_on_error=False)
+    out = []
+    for prio, groups in zip(PRIORITIES, res, strict=True):
+        if isinstance(groups, Exception) and not str(groups).startswith("no such key"):
+            raise groups
+        names = [] if isinstance(groups, Exception) else [_s(g.get("name", b"")) for g in groups]
+        if GROUP not in names:
+            out.append(prio.value)
+    return out
+
+
 def parse_entry(stream: str, msg_id: Any, fields: dict[Any, Any]) -> QueueMessage:
     f = {_s(k): _s(v) for k, v in fields.items()}
     return QueueMessage(stream=stream, msg_id=_s(msg_id), job_id=f["job"], attempt=int(f["attempt"]))
@@ -58,7 +90,13 @@ class QueueReader:
 
     async def _read(self, priority: Priority) -> QueueMessage | None:
         stream = self.keys.queue(priority)
-        res: Any = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=1)
+        try:
+            res: Any = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=1)
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            await ensure_group(self.redis, stream)  # Redis lost its data: heal, then read what was added since
+            res = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=1)
         for _name, entries in res or []:
             for msg_id, fields in entries:
                 return parse_entry(stream, msg_id, fields)

@@ -13,9 +13,11 @@ import contextlib
 from typing import Any
 
 import structlog
+from redis.exceptions import ResponseError
 
 from comfyflow.core.keys import GROUP, PRIORITIES
-from comfyflow.core.queue import parse_entry
+from comfyflow.core.queue import ensure_group, parse_entry
+from comfyflow.core.redis_conn import is_nogroup
 from comfyflow.core.store import JobStore
 from comfyflow.models import ErrorInfo
 
@@ -52,9 +54,16 @@ class Reaper:
             stream = self.store.keys.queue(prio)
             start = "0-0"
             while True:
-                res: Any = await self.store.redis.xautoclaim(
-                    stream, GROUP, self.consumer, min_idle_time=lease_ms, start_id=start, count=100
-                )
+                try:
+                    res: Any = await self.store.redis.xautoclaim(
+                        stream, GROUP, self.consumer, min_idle_time=lease_ms, start_id=start, count=100
+                    )
+                except ResponseError as exc:
+                    if not is_nogroup(exc):
+                        raise
+                    if await ensure_group(self.store.redis, stream):  # Redis lost its data: nothing to reclaim
+                        log.warning("queue consumer group recreated", stream=stream)
+                    break
                 start, entries = res[0], res[1]
                 for msg_id, fields in entries:
                     if not fields:  # deleted meanwhile

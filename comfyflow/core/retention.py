@@ -13,6 +13,7 @@ import contextlib
 
 import structlog
 
+from comfyflow.core import staging
 from comfyflow.core.runtime import Runtime
 
 log = structlog.get_logger("comfyflow.retention")
@@ -29,8 +30,15 @@ class RetentionSweeper:
         await self.rt.redis.zadd(self.rt.store.keys.retention, {job_id: self.rt.store.clock()})
 
     async def run_once(self, limit: int = 200) -> int:
-        """Delete what is due; return how many jobs were handled."""
+        """Delete what is due; return how many jobs were handled. Also sweeps staged files that killed
+        processes left behind (core/staging.py)."""
         store = self.rt.store
+        try:
+            swept = await staging.sweep(self.rt.staging, self.rt.redis, store.keys)
+            if swept:
+                log.info("staging swept", folders=swept)
+        except Exception as exc:
+            log.warning("staging sweep failed", error=str(exc))
         due = await self.rt.redis.zrangebyscore(store.keys.retention, "-inf", store.clock(), start=0, num=limit)
         done = 0
         for raw_id in due:

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from comfyflow.core.pool import BackendPool, BackendState, Requirement
 from comfyflow.core.slots import MAX_POLL_SECONDS, SlotLease, SlotPool
-from comfyflow.errors import BackendUnavailable, ComfyflowError, GraphInvalid
+from comfyflow.errors import BackendUnavailable, ComfyflowError, GraphInvalid, NoHealthyBackend
 from comfyflow.plugins.protocols import Capabilities
 
 
@@ -67,7 +67,7 @@ def unroutable(states: dict[str, BackendState], req: Requirement) -> ComfyflowEr
     maybe = {u: s for u, s in enabled.items() if s.can_run(req) is not False}
     if not enabled or maybe:
         why = ", ".join(f"{u} ({s.health.value}{': ' + s.reason[:120] if s.reason else ''})" for u, s in maybe.items())
-        return BackendUnavailable(
+        return NoHealthyBackend(
             f"No healthy backend can run this job now; {'the ones that could: ' + why if why else 'the pool is empty'}"
             ". It is retried; check the backends with GET /api/v1/backends.",
             details={"backends": list(maybe)},

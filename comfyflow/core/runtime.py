@@ -14,6 +14,7 @@ from comfyflow.core.events import EventLog
 from comfyflow.core.keys import Keys
 from comfyflow.core.pool import BackendPool
 from comfyflow.core.recorder import Recorder
+from comfyflow.core.redis_conn import open_redis
 from comfyflow.core.slots import SlotPool
 from comfyflow.core.store import JobStore
 from comfyflow.plugins import registry
@@ -61,7 +62,7 @@ class Runtime:
     @classmethod
     async def open(cls, settings: Settings, redis_url: str, **overrides: Any) -> Runtime:
         """Connect to Redis and build the plugins named in settings. ``overrides`` replace parts (tests)."""
-        redis = overrides.pop("redis", None) or Redis.from_url(redis_url, health_check_interval=30)
+        redis = overrides.pop("redis", None) or open_redis(settings, redis_url)
         keys = Keys(settings.key_prefix)
         store = JobStore(redis, settings)
         await store.ensure_groups()

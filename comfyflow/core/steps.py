@@ -10,21 +10,29 @@ import contextlib
 import hashlib
 import json
 import secrets
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from comfyflow.core import routing
+from comfyflow.core import routing, staging
 from comfyflow.core.attempt import AttemptContext, prompt_id_for
+from comfyflow.core.backend_wait import until_a_backend_can_take
 from comfyflow.core.keys import PRIORITIES
+from comfyflow.core.outputs import check_output
 from comfyflow.core.pool import is_device_error, requirement_for
 from comfyflow.core.queue import queue_depth
 from comfyflow.core.slots import SlotLease
 from comfyflow.core.storing import store_outputs
-from comfyflow.errors import BackendUnavailable, DeviceFailed, ExecutionFailed, GraphInvalid, OutOfMemory, Stalled
+from comfyflow.errors import (
+    BackendUnavailable,
+    DeviceFailed,
+    ExecutionFailed,
+    GraphInvalid,
+    NoHealthyBackend,
+    OutOfMemory,
+    Stalled,
+)
 from comfyflow.models import Img2ImgRequest, JobResult, Progress, RawGraphRequest, parse_request
 from comfyflow.plugins.comfyui.templates import build_graph, default_model
 from comfyflow.plugins.protocols import Backend, PromptPhase
@@ -112,11 +120,16 @@ async def _candidates(ctx: AttemptContext, graph: dict[str, Any]) -> list[str]:
 
 async def validate_step(ctx: AttemptContext) -> Prepared:
     """Parse the request, fix the seed, build the graph and check it against a backend's /object_info.
+    While no healthy backend can take the job yet, waits (bounded, visible, using no attempt).
 
     Raises:
         GraphInvalid / ValidationError: permanent, the job fails at once.
-        BackendUnavailable: no backend answered (transient).
+        BackendUnavailable: no backend answered within COMFYFLOW_BACKEND_WAIT_SECONDS (transient).
     """
+    return await until_a_backend_can_take(ctx, lambda: _validate(ctx))
+
+
+async def _validate(ctx: AttemptContext) -> Prepared:
     request = parse_request(ctx.job.request)
     seed: int | None = None
     if not isinstance(request, RawGraphRequest):
@@ -136,7 +149,7 @@ async def validate_step(ctx: AttemptContext) -> Prepared:
             labels = requirement_for({}, job_labels=ctx.job.labels, known_models=frozenset()).labels
             caps = routing.default_checkpoint_source(await routing.described(ctx.runtime.pool), labels)
             if caps is None:
-                raise BackendUnavailable("No backend answered with its models; the job is retried.")
+                raise NoHealthyBackend("No healthy backend has described its models yet; the job waits for one.")
             model = default_model(caps)
         placeholder = "comfyflow_pending.png" if isinstance(request, Img2ImgRequest) else None
         draft = build_graph(request, seed=seed or 0, model=model, filename_prefix=prefix, input_image=placeholder)
@@ -294,27 +307,36 @@ async def _render(ctx: AttemptContext, backend: Backend, prepared: Prepared, pid
 
 
 async def _fetch_all(ctx: AttemptContext, backend: Backend, pid: str, outputs: list[Any], cap: int) -> list[Staged]:
-    folder = ctx.runtime.staging / ctx.job.job_id / str(ctx.claim.attempt)
+    folder = staging.attempt_folder(ctx.runtime.staging, ctx.job.job_id, ctx.claim.attempt)
     folder.mkdir(parents=True, exist_ok=True)
     staged = []
     for index, ref in enumerate(outputs):
         fetched = await backend.fetch(ref, max_bytes=cap)
+        await asyncio.to_thread(  # CPU work (Pillow), off the loop that also runs heartbeats
+            check_output, fetched.data, fetched.content_type, max_pixels=ctx.runtime.settings.max_output_pixels,
+            name=f"output {index} ({ref.node_id})",
+        )  # fmt: skip
         path = folder / f"{index}.{fetched.extension}"
         await asyncio.to_thread(path.write_bytes, fetched.data)
+        digest = await asyncio.to_thread(_sha256, fetched.data)
         staged.append(
             Staged(
-                index, str(path), fetched.content_type, fetched.extension, len(fetched.data),
-                hashlib.sha256(fetched.data).hexdigest(), ref.kind, ref.node_id,
+                index, str(path), fetched.content_type, fetched.extension, len(fetched.data), digest, ref.kind,
+                ref.node_id,
             )
         )  # fmt: skip
     return staged
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 async def store_step(ctx: AttemptContext, prepared: Prepared, rendered: Rendered) -> JobResult:
     """Write every file and metadata.json to storage, verify them, then clean the staging folder."""
     await ctx.progress(Progress(value=0.98, phase="storing"), force=True)
     result = await store_outputs(ctx, prepared, rendered)
-    shutil.rmtree(Path(ctx.runtime.staging) / ctx.job.job_id, ignore_errors=True)
+    await asyncio.to_thread(staging.remove_attempt, ctx.runtime.staging, ctx.job.job_id, ctx.claim.attempt)
     return result
 
 

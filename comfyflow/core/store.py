@@ -116,12 +116,10 @@ class JobStore:
 
     async def ensure_groups(self) -> None:
         """Create the queue streams and their consumer group (idempotent)."""
+        from comfyflow.core.queue import ensure_group  # queue imports this module's QueueMessage
+
         for prio in PRIORITIES:
-            try:
-                await self.redis.xgroup_create(self.keys.queue(prio), GROUP, id="0", mkstream=True)
-            except Exception as exc:  # BUSYGROUP: it exists already
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await ensure_group(self.redis, self.keys.queue(prio))
 
     # --- submit and read ------------------------------------------------------------------------------------
 
@@ -266,10 +264,11 @@ class JobStore:
         return _s(res[0]) == "ok"
 
     async def give_up_attempt(
-        self, claim: Claim, error: ErrorInfo, *, delay: float, final: ErrorInfo | None = None
+        self, claim: Claim, error: ErrorInfo, *, delay: float, final: ErrorInfo | None = None, free: bool = False
     ) -> tuple[str, int]:
         """End a running attempt after a transient error: the next attempt after ``delay`` seconds, or
-        failed when attempts are used up (with ``final``), or canceled if a cancel was requested.
+        failed when attempts are used up (with ``final``), or canceled if a cancel was requested. ``free``
+        (a release on shutdown) never uses up an attempt: the next one always runs.
 
         Returns:
             (outcome, attempt): outcome is "queued", "failed", "canceled" or "lost".
@@ -286,6 +285,7 @@ class JobStore:
             final.model_dump_json(),
             self.ttl,
             error.code,
+            free,
         ]
         res = await self.scripts.run("requeue", keys, args)
         return _s(res[0]), int(res[1]) if len(res) > 1 and _s(res[1]).isdigit() else claim.attempt

@@ -1,4 +1,4 @@
-"""Storing a finished render: artifacts under ``jobs/{job_id}/{index}.{ext}``, then ``metadata.json``.
+"""Storing a finished render: artifacts under ``jobs/{job_id}/{attempt}/{index}.{ext}``, then ``metadata.json``.
 
 Every write is retried with backoff while storage is down, within ``store_timeout_seconds``; every file is
 verified (size and sha256) before the job may be marked succeeded, so a job never succeeds without its files.
@@ -17,19 +17,36 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from comfyflow import metrics
 from comfyflow.errors import StorageError
 from comfyflow.models import Artifact, JobResult
-from comfyflow.plugins.protocols import StoredObject
+from comfyflow.plugins.protocols import Storage, StoredObject
 
 if TYPE_CHECKING:
     from comfyflow.core.attempt import AttemptContext
     from comfyflow.core.steps import Prepared, Rendered
 
 
-def artifact_key(job_id: str, index: int, extension: str) -> str:
-    return f"jobs/{job_id}/{index}.{extension}"
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    """Each attempt stores under its own folder, so a stale attempt storing late can never overwrite the files
+    that the job's result points to (they belong to the attempt that committed)."""
+    return f"jobs/{job_id}/{attempt}"
 
 
-def metadata_key(job_id: str) -> str:
-    return f"jobs/{job_id}/metadata.json"
+def artifact_key(job_id: str, attempt: int, index: int, extension: str) -> str:
+    return f"{attempt_prefix(job_id, attempt)}/{index}.{extension}"
+
+
+def metadata_key(job_id: str, attempt: int) -> str:
+    return f"{attempt_prefix(job_id, attempt)}/metadata.json"
+
+
+async def drop_other_attempts(storage: Storage, job_id: str, result: JobResult) -> int:
+    """After a commit: delete what earlier attempts stored without committing (killed after their put)."""
+    keep = {a.key for a in result.artifacts} | {result.metadata_key}
+    folders = {k.rsplit("/", 1)[0] for k in await storage.list(f"jobs/{job_id}") if k not in keep}
+    keep_folders = {k.rsplit("/", 1)[0] for k in keep if k}
+    removed = 0
+    for folder in sorted(folders - keep_folders):
+        removed += await storage.delete_prefix(folder)
+    return removed
 
 
 async def _put_verified(ctx: AttemptContext, key: str, data: bytes, content_type: str, sha256: str) -> StoredObject:
@@ -43,7 +60,15 @@ async def _put_verified(ctx: AttemptContext, key: str, data: bytes, content_type
         after=lambda _: ctx.runtime.metrics.add(metrics.STORAGE_ERRORS),  # every failed or unverified write
     ):
         with attempt:
-            stored = await storage.put(key, data, content_type=content_type)
+            try:
+                async with asyncio.timeout(ctx.runtime.settings.storage_call_timeout_seconds):
+                    stored = await storage.put(key, data, content_type=content_type)
+            except TimeoutError as exc:  # a hung S3 (e.g. never answering a PUT's 100-continue) times nothing out
+                raise StorageError(
+                    f"{key}: storage did not answer within {ctx.runtime.settings.storage_call_timeout_seconds:g}s "
+                    "(COMFYFLOW_STORAGE_CALL_TIMEOUT_SECONDS)",
+                    details={"key": key},
+                ) from exc
             if stored.size != len(data) or stored.sha256 != sha256:
                 raise StorageError(
                     f"{key}: stored {stored.size} bytes (sha256 {stored.sha256[:12]}), expected {len(data)} "
@@ -60,7 +85,7 @@ async def store_outputs(ctx: AttemptContext, prepared: Prepared, rendered: Rende
     artifacts: list[Artifact] = []
     for f in rendered.files:
         data = await asyncio.to_thread(_read, f.path)
-        key = artifact_key(job_id, f.index, f.extension)
+        key = artifact_key(job_id, ctx.claim.attempt, f.index, f.extension)
         await _put_verified(ctx, key, data, f.content_type, f.sha256)
         art = Artifact(
             index=f.index, key=key, content_type=f.content_type, size=f.size, sha256=f.sha256, kind=f.kind,
@@ -73,12 +98,13 @@ async def store_outputs(ctx: AttemptContext, prepared: Prepared, rendered: Rende
         seed=prepared.seed,
         backend=rendered.backend,
         prompt_id=rendered.prompt_id,
-        metadata_key=metadata_key(job_id),
+        metadata_key=metadata_key(job_id, ctx.claim.attempt),
         adopted=rendered.adopted,
     )
     meta = _metadata(ctx, prepared, result, started)
     body = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
-    await _put_verified(ctx, metadata_key(job_id), body, "application/json", hashlib.sha256(body).hexdigest())
+    meta_key = metadata_key(job_id, ctx.claim.attempt)
+    await _put_verified(ctx, meta_key, body, "application/json", hashlib.sha256(body).hexdigest())
     return result
 
 

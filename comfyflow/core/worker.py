@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import time
 import uuid
@@ -18,15 +19,17 @@ from collections.abc import Awaitable, Callable
 import pydantic
 import structlog
 
-from comfyflow.core import telemetry
+from comfyflow.core import staging, telemetry
 from comfyflow.core.attempt import AttemptContext
 from comfyflow.core.queue import QueueReader
-from comfyflow.core.reaper import Reaper
+from comfyflow.core.reaper import Reaper, lost_errors
+from comfyflow.core.redis_conn import Backoff, is_redis_down
 from comfyflow.core.retention import RetentionSweeper
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.slots import RELEASED
 from comfyflow.core.steps import run_attempt
 from comfyflow.core.store import Claim, QueueMessage
+from comfyflow.core.storing import attempt_prefix, drop_other_attempts
 from comfyflow.core.webhooks import WebhookService
 from comfyflow.errors import ComfyflowError, LeaseLost
 from comfyflow.models import ErrorInfo, JobResult
@@ -40,10 +43,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def backoff(settings: object, attempt: int) -> float:
+def backoff(settings: object, attempt: int, rng: random.Random | None = None) -> float:
+    """Delay before the next attempt: doubling per attempt up to the cap, with jitter (half fixed, half random)
+    so jobs that failed together (a backend restart) do not all come back at the same instant."""
     base = getattr(settings, "retry_backoff_seconds", 2.0)
     cap = getattr(settings, "retry_backoff_max_seconds", 60.0)
-    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+    delay = float(min(cap, base * 2 ** max(0, attempt - 1)))
+    return delay / 2 + (rng or random).uniform(0, delay / 2)
 
 
 def classify(exc: BaseException) -> ErrorInfo:
@@ -53,6 +59,26 @@ def classify(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, pydantic.ValidationError):
         return ErrorInfo(code="VALIDATION_ERROR", message=str(exc), details=exc.errors(include_url=False))
     return ErrorInfo(code="INTERNAL_ERROR", message=f"{type(exc).__name__}: {exc}", transient=True)
+
+
+async def _acquire_unless(sem: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+    """Take a slot of ``sem``, or give up as soon as ``stop`` is set (then holding nothing)."""
+    if stop.is_set():
+        return False
+    acquire = asyncio.ensure_future(sem.acquire())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not acquire.done():
+            acquire.cancel()
+        await asyncio.gather(acquire, stopped, return_exceptions=True)
+    got = acquire.done() and not acquire.cancelled() and acquire.exception() is None
+    if got and stop.is_set():
+        sem.release()
+        return False
+    return got
 
 
 class Worker:
@@ -92,19 +118,28 @@ class Worker:
         if self.rt.settings.webhooks.enabled:  # signed job notifications (comfyflow/core/webhooks/)
             bg.append(asyncio.create_task(WebhookService(self.rt).run_forever(self._stopping)))
         log.info("worker started", worker=self.name, concurrency=self.concurrency)
+        retry = Backoff(base=0.2, cap=5.0)
         try:
             while not stop.is_set():
-                await sem.acquire()
+                if not await _acquire_unless(sem, stop):  # stop claiming at once, even with every slot busy
+                    break
                 try:
                     msg = await self.reader.next(block_ms=500)
-                except Exception as exc:  # Redis restarting: wait and go on
+                except Exception as exc:  # Redis restarting: back off with jitter, reconnect, go on
                     sem.release()
-                    log.error("queue read failed", error=str(exc))
-                    await asyncio.sleep(0.5)
+                    delay = retry.next()
+                    log.error("queue read failed", error=str(exc), retry_in=round(delay, 2))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
                     continue
+                retry.reset()
                 if msg is None:
                     sem.release()
                     continue
+                if stop.is_set():  # read while stopping: hand it back to the queue for another worker
+                    sem.release()
+                    await self._hand_back(msg)
+                    break
                 task = asyncio.create_task(self._handle(msg, sem))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -115,6 +150,11 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*bg, return_exceptions=True)
             log.info("worker stopped", worker=self.name)
+
+    async def _hand_back(self, msg: QueueMessage) -> None:
+        retry_info, final = lost_errors(self.rt.settings.lease_seconds, self.rt.settings.max_attempts)
+        with contextlib.suppress(Exception):  # else the reaper redelivers it after the lease
+            await self.rt.store.reclaim(msg, retry_info, final)
 
     async def shutdown(self, grace: float) -> None:
         """Let running attempts finish for ``grace`` seconds, then release the rest to the queue."""
@@ -143,8 +183,9 @@ class Worker:
             task: asyncio.Task[JobResult] = asyncio.ensure_future(self.runner(ctx))
             self.active[claim.job_id] = (ctx, task)
             hb = asyncio.create_task(self._heartbeat(ctx, task))
+            committed: bool | None = None  # None: unknown (Redis failed around the commit)
             try:
-                await self._finish(ctx, task)
+                committed = await self._finish(ctx, task)
             finally:
                 hb.cancel()
                 telemetry.attempt_done(ctx)
@@ -152,12 +193,33 @@ class Worker:
                 for lease in list(ctx.leases):
                     with contextlib.suppress(Exception):
                         await self.rt.slots.release(lease)
+                await self._tidy(ctx, committed)
         except Exception as exc:
-            log.exception("job handling failed", job_id=msg.job_id, error=str(exc))
+            if is_redis_down(exc):  # the job stays running in Redis; the reaper re-queues it once the lease lapses
+                log.warning("job handling stopped: Redis unavailable", job_id=msg.job_id, error=str(exc))
+            else:
+                log.exception("job handling failed", job_id=msg.job_id, error=str(exc))
         finally:
             sem.release()
 
-    async def _finish(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> None:
+    async def _tidy(self, ctx: AttemptContext, committed: bool | None) -> None:
+        """End of every attempt: its staged files go; objects it stored go unless it committed (then the objects
+        of earlier attempts that never committed go). Best effort and bounded: the sweepers catch the rest.
+        When the commit's outcome is unknown, or the job's result names this attempt's objects after all (a
+        retried commit script answered "not ours" to its own first run), nothing in storage is touched."""
+        job_id, attempt = ctx.claim.job_id, ctx.claim.attempt
+        await asyncio.to_thread(staging.remove_attempt, self.rt.staging, job_id, attempt)
+        prefix = attempt_prefix(job_id, attempt)
+        try:
+            async with asyncio.timeout(self.rt.settings.storage_call_timeout_seconds):
+                if committed is False and f'"{prefix}/' not in (await self.rt.store.raw(job_id)).get("result", ""):
+                    await self.rt.storage.delete_prefix(prefix)
+                elif committed and attempt > 1 and ctx.result is not None:
+                    await drop_other_attempts(self.rt.storage, job_id, ctx.result)
+        except Exception as exc:
+            ctx.log.warning("could not remove uncommitted objects", error=f"{type(exc).__name__}: {exc}")
+
+    async def _finish(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> bool:
         store, claim = self.rt.store, ctx.claim
         log_ = ctx.log
         try:
@@ -168,28 +230,33 @@ class Worker:
                 log_.info("job canceled")
             elif ctx.stop_reason == "shutdown":
                 info = ErrorInfo(code="WORKER_SHUTDOWN", message="worker shut down; attempt released", transient=True)
-                await store.give_up_attempt(claim, info, delay=0)
+                await store.give_up_attempt(claim, info, delay=0, free=True)  # never uses up an attempt
                 log_.info("attempt released on shutdown")
             elif ctx.stop_reason != "lost":
                 raise
-            return
+            return False
         except LeaseLost:
             log_.warning("attempt lost to another worker")
-            return
+            return False
         except BaseException as exc:
+            if is_redis_down(exc):
+                raise  # no state can be saved; the lease lapses and the reaper re-queues the job
             await self._failed(ctx, exc)
-            return
+            return False
         if await store.complete(claim, result):
+            ctx.result = result
             log_.info("job succeeded", artifacts=len(result.artifacts), backend=result.backend)
-        else:
-            log_.warning("job finished but the attempt was no longer ours; result discarded")
+            return True
+        log_.warning("job finished but the attempt was no longer ours; result discarded")
+        return False
 
     async def _failed(self, ctx: AttemptContext, exc: BaseException) -> None:
         info = classify(exc)
         telemetry.attempt_failed(ctx, info)
         store, claim = self.rt.store, ctx.claim
         if not info.transient:
-            await store.fail(claim, info)
+            if await store.fail(claim, info):
+                await self.sweeper.schedule_cleanup(claim.job_id)  # earlier attempts may have stored objects
             ctx.log.warning("job failed", code=info.code, error=info.message)
             return
         final = info.model_copy(
@@ -197,8 +264,8 @@ class Worker:
         )
         delay = backoff(self.rt.settings, claim.attempt)
         outcome, attempt = await store.give_up_attempt(claim, info, delay=delay, final=final)
-        if outcome == "failed" and info.code == "STORAGE_ERROR":
-            await self.sweeper.schedule_cleanup(claim.job_id)  # remove what the store step managed to write
+        if outcome == "failed":
+            await self.sweeper.schedule_cleanup(claim.job_id)  # remove what any attempt's store step wrote
         ctx.log.warning("attempt failed", code=info.code, error=info.message, outcome=outcome, next_attempt=attempt)
 
     async def _heartbeat(self, ctx: AttemptContext, task: asyncio.Task[JobResult]) -> None:

@@ -57,6 +57,9 @@ _DROP = object()
 _PROMPT_ID = web.RequestKey("prompt_id", str)
 
 
+BAD_OUTPUTS = frozenset({"", "truncated", "magic", "bomb"})
+
+
 @dataclass
 class Faults:
     """Fault switches. Assigning a field takes effect at once (``refuse`` stops/starts the listener)."""
@@ -68,6 +71,10 @@ class Faults:
     slow: float = 1.0
     oom: bool = False
     fail_node_types: set[str] = field(default_factory=set)
+    #: Seconds every HTTP answer (not the WebSocket) is late.
+    delay: float = 0.0
+    #: Corrupt the PNGs ``/view`` serves: "truncated", "magic" (wrong magic bytes) or "bomb" (a decompression bomb).
+    bad_output: str = ""
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -87,12 +94,16 @@ class Faults:
         for name, value in values.items():
             if name not in known:
                 raise ValueError(f"unknown fault {name!r}; known: {sorted(known)}")
-            if name == "slow":
+            if name in ("slow", "delay"):
                 clean[name] = float(value)
             elif name == "fail_node_types":
                 if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                     raise ValueError("fail_node_types must be a list of node class names")
                 clean[name] = set(value)
+            elif name == "bad_output":
+                if value not in BAD_OUTPUTS:
+                    raise ValueError(f"bad_output must be one of {sorted(BAD_OUTPUTS)}")
+                clean[name] = value
             elif isinstance(value, bool):
                 clean[name] = value
             else:
@@ -423,6 +434,8 @@ class FakeComfyUI(FileAndInfoRoutes):
             if request.transport is not None:
                 request.transport.abort()
             raise ConnectionResetError("fake ComfyUI refuses connections")
+        if self.faults.delay > 0 and request.path != "/ws":  # a slow server: every HTTP answer comes late
+            await asyncio.sleep(self.faults.delay)
         return await handler(request)
 
     @web.middleware

@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import os
 import platform
+import struct
+import zlib
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,10 @@ class FileAndInfoRoutes:
             body, content_type = self._convert(file, query)
             return web.Response(body=body, content_type=content_type, headers=disposition)
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        bad = getattr(getattr(self, "faults", None), "bad_output", "")
+        if bad and filename.endswith(".png"):
+            body = corrupt_png(await asyncio.to_thread(Path(file).read_bytes), bad)
+            return web.Response(body=body, headers=disposition, content_type=content_type)
         if content_type in _FORCE_DOWNLOAD:
             content_type = "application/octet-stream"
         return web.FileResponse(file, headers={**disposition, "Content-Type": content_type})
@@ -205,3 +212,20 @@ class FileAndInfoRoutes:
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         return web.json_response([])
+
+
+def corrupt_png(data: bytes, how: str) -> bytes:
+    """A real PNG made bad the ways ComfyUI outputs go bad: cut short, wrong magic bytes, or swapped for a
+    decompression bomb (a tiny file that claims 100,000 x 100,000 pixels)."""
+    if how == "truncated":
+        return data[: len(data) // 2]
+    if how == "magic":
+        return b"\x00" * 8 + data[8:]
+    if how == "bomb":
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 1, 0, 0, 0, 0)
+        idat = zlib.compress(b"\x00" * (1 + 100_000 // 8) * 64, 9)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    raise ValueError(f"unknown bad output {how!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,6 +98,17 @@ def _presign_expiry(query: dict[str, list[str]]) -> datetime | None:
     return None
 
 
+def _late(server: Any, app: Any) -> Any:
+    """WSGI middleware: answer ``server.delay`` seconds late (each request in its own thread)."""
+
+    def serve(environ: dict[str, Any], start_response: Any) -> Any:
+        if server.delay > 0:
+            time.sleep(server.delay)
+        return app(environ, start_response)
+
+    return serve
+
+
 def _one_at_a_time(app: Any) -> Any:
     """WSGI middleware: serve one request at a time, body included.
 
@@ -145,7 +157,9 @@ class MotoS3Server:
         self.bucket = bucket
         self.host = host
         self.port = port
-        self._app = _refuse_expired(_one_at_a_time(DomainDispatcherApplication(create_backend_app)))
+        #: Seconds every answer is late (a slow S3), settable while it runs.
+        self.delay = 0.0
+        self._app = _late(self, _refuse_expired(_one_at_a_time(DomainDispatcherApplication(create_backend_app))))
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._bucket_made = False

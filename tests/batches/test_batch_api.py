@@ -20,6 +20,7 @@ from comfyflow.api.app import create_app
 from comfyflow.core.attempt import prompt_id_for
 from comfyflow.models import Principal, Role
 from comfyflow.testing.api_server import free_port, serve_app
+from tests.conftest import stored_files
 
 
 def worker_process(settings: Any, home: Path, *, concurrency: int = 4) -> subprocess.Popen[bytes]:
@@ -124,7 +125,7 @@ async def test_thousand_item_sweep_survives_worker_sigkill_and_api_restart(
     # exactly one artifact set per item, and no item rendered twice (a killed worker's items are adopted)
     root = Path(settings.resolved_storage_url.removeprefix("file://")) / "jobs"
     assert sorted(p.name for p in root.iterdir()) == sorted(ids)
-    assert all(sorted(f.name for f in (root / i).iterdir()) == ["0.png", "metadata.json"] for i in ids)
+    assert all(stored_files(root / i) == ["0.png", "metadata.json"] for i in ids)
     posted = fake.prompts_posted
     renders = {i["job_id"]: sum(posted.get(prompt_id_for(i["job_id"], a), 0) for a in range(1, i["attempt"] + 1))
                for i in items}  # fmt: skip

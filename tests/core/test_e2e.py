@@ -34,10 +34,11 @@ async def test_txt2img_end_to_end(fake, runtime_factory) -> None:  # type: ignor
     root = _root(rt)
     for art in done.result.artifacts:
         data = (root / art.key).read_bytes()
-        assert art.key == f"jobs/{job.job_id}/{art.index}.png"
+        assert art.key == f"jobs/{job.job_id}/{done.attempt}/{art.index}.png"
         assert hashlib.sha256(data).hexdigest() == art.sha256 and len(data) == art.size > 0
         assert Image.open(root / art.key).size == (64, 64)
-    meta = json.loads((root / f"jobs/{job.job_id}/metadata.json").read_text())
+    assert done.result.metadata_key == f"jobs/{job.job_id}/{done.attempt}/metadata.json"
+    meta = json.loads((root / done.result.metadata_key).read_text())
     assert meta["seed"] == done.result.seed and meta["backend"] == fake.url
     assert [a["sha256"] for a in meta["artifacts"]] == [a.sha256 for a in done.result.artifacts]
     assert meta["request"]["prompt"] == "a red fox"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from comfyflow.models import JobState, Txt2ImgRequest
+from tests.conftest import stored_files
 from tests.core.conftest import running_worker, wait_done
 
 
@@ -60,7 +61,7 @@ async def test_sigkill_mid_render_succeeds_exactly_once(
     assert done.attempt == 2
     assert list(fake.prompts_posted.values()) == [1], "the reclaimed job must adopt, not render again"
     assert done.result is not None and done.result.adopted is finish_before_reclaim
-    files = sorted(p.name for p in (Path(rt.settings.resolved_storage_url[7:]) / "jobs" / job.job_id).iterdir())
+    files = stored_files(Path(rt.settings.resolved_storage_url[7:]) / "jobs" / job.job_id)
     assert files == ["0.png", "metadata.json"], "exactly one set of artifacts"
     assert await rt.slots.in_use(fake.url) == 0
 
@@ -70,7 +71,9 @@ async def test_sigkill_mid_render_succeeds_exactly_once(
     ["refuse", "http_500", "hang", "drop_socket"],
 )
 async def test_backend_faults_are_retried_then_succeed(fake, runtime_factory, fault) -> None:  # type: ignore[no-untyped-def]
-    rt = await runtime_factory(backends=[fake.url], stall_timeout_seconds=1.0, max_attempts=3)
+    # No prober runs here, so a backend marked down by passive failures never comes back up: do not wait for
+    # one (tests/core/test_backend_wait.py covers waiting); every try spends an attempt.
+    rt = await runtime_factory(backends=[fake.url], stall_timeout_seconds=1.0, max_attempts=3, backend_wait_seconds=0)
     setattr(fake.faults, fault, True)
     async with running_worker(rt):
         job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2))).job
@@ -89,7 +92,7 @@ async def test_backend_faults_are_retried_then_succeed(fake, runtime_factory, fa
 
 @pytest.mark.parametrize("fault", ["refuse", "http_500", "hang"])
 async def test_backend_faults_that_persist_fail_classified_within_bound(fake, runtime_factory, fault) -> None:  # type: ignore[no-untyped-def]
-    rt = await runtime_factory(backends=[fake.url], stall_timeout_seconds=0.5, max_attempts=2)
+    rt = await runtime_factory(backends=[fake.url], stall_timeout_seconds=0.5, max_attempts=2, backend_wait_seconds=0)
     setattr(fake.faults, fault, True)
     async with running_worker(rt):
         job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2))).job

@@ -18,7 +18,7 @@ from comfyflow.core.runtime import Runtime
 from comfyflow.models import Job, JobState
 from comfyflow.settings import Settings
 from comfyflow.testing.fake_comfyui import FakeComfyUI
-from tests.conftest import SERVER_REDIS, close_runtime
+from tests.conftest import SERVER_REDIS, close_runtime, stored_files
 
 #: Three backends with different checkpoints; every checkpoint is on two of them, so any one can fail.
 CHECKPOINTS = {
@@ -183,9 +183,8 @@ async def until(predicate: Any, *, timeout: float, what: str) -> None:
 
 
 def artifact_sets(rt: Runtime, job_id: str) -> list[str]:
-    """The files stored for a job (local storage)."""
-    folder = Path(rt.settings.resolved_storage_url.removeprefix("file://")) / "jobs" / job_id
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """The files stored for a job (local storage): their names when they are one attempt's set, else their paths."""
+    return stored_files(Path(rt.settings.resolved_storage_url.removeprefix("file://")) / "jobs" / job_id)
 
 
 @contextlib.asynccontextmanager

@@ -1282,6 +1282,8 @@ async def test_fault_http_500_and_control_surface(fake: FakeComfyUI, http: aioht
             "slow": 2.0,
             "oom": False,
             "fail_node_types": ["KSampler"],
+            "delay": 0.0,
+            "bad_output": "",
         }
     assert fake.faults.http_500 and fake.faults.fail_node_types == {"KSampler"}
     async with http.post(fake.url + "/prompt", json={"prompt": invert_graph()}) as resp:

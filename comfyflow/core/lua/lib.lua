@@ -117,14 +117,18 @@ end
 
 -- Give a running attempt up: next attempt (maybe after a delay), or final failure, or canceled.
 -- Returns {outcome, attempt}.
-local function requeue(job, evkey, delayed, notify, prefix, now, delay_ms, err_retry, err_final, ttl, reason)
+-- ``free``: the attempt was released (its worker shut down), not failed: it does not use up one of the job's
+-- attempts (the budget grows by one, so attempt numbers still only increase).
+local function requeue(job, evkey, delayed, notify, prefix, now, delay_ms, err_retry, err_final, ttl, reason, free)
   local st = redis.call('HMGET', job, 'attempt', 'cancel', 'max_attempts', 'priority', 'id')
   local attempt = tonumber(st[1])
   if st[2] == '1' then
     finish(job, evkey, 'canceled', now, ttl, nil)
     return {'canceled', attempt}
   end
-  if attempt >= tonumber(st[3]) then
+  if free then
+    redis.call('HINCRBY', job, 'max_attempts', 1)
+  elseif attempt >= tonumber(st[3]) then
     finish(job, evkey, 'failed', now, ttl, {'error', err_final})
     return {'failed', attempt}
   end

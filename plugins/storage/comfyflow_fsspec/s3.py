@@ -14,16 +14,30 @@ def is_s3(fs: AbstractFileSystem) -> bool:
     return any(p in S3_PROTOCOLS for p in protocols)
 
 
+#: Bounds of one S3 call (override with ``config_kwargs`` in the storage options).
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 10.0
+#: botocore's own tries per call (the store step retries on top of it, within its bound).
+MAX_ATTEMPTS = 2
+#: s3fs' own tries of a call that timed out or failed transiently (its default is 5).
+FS_RETRIES = 1
+
+
 def prepare_options(options: dict[str, Any]) -> dict[str, Any]:
     """s3fs options with comfyflow's defaults; the caller's values win.
 
     - ``use_listings_cache=False``: other processes write the same bucket, a cached listing would be stale.
     - ``signature_version="s3v4"``: presigned URLs in SigV4 (botocore presigns SigV2 for custom endpoints).
+    - explicit ``connect_timeout`` / ``read_timeout`` (botocore's default read timeout is 60 s): a hung S3 fails
+      a call within seconds, and the store step's own retries (bounded by store_timeout_seconds) take over.
     """
     prepared = dict(options)
     prepared.setdefault("use_listings_cache", False)
     config = dict(prepared.get("config_kwargs") or {})
     config.setdefault("signature_version", "s3v4")
+    config.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+    config.setdefault("read_timeout", READ_TIMEOUT_SECONDS)
+    config.setdefault("retries", {"total_max_attempts": MAX_ATTEMPTS})
     prepared["config_kwargs"] = config
     return prepared
 

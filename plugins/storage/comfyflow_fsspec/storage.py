@@ -71,6 +71,8 @@ class FsspecStorage:
         self._is_s3 = s3.is_s3(fs)
         if self._is_s3 and not self._root:
             raise ConfigError(f"Storage URL {url!r} names no bucket; use s3://<bucket>[/<prefix>].")
+        if self._is_s3:
+            fs.retries = s3.FS_RETRIES  # s3fs tries a timed-out call 5 times itself; the store step retries too
         probe = fs._strip_protocol(self._join("x"))
         self._base = probe[:-1]  # what every full path of a key starts with, as the filesystem spells it
         self._signer = s3.public_signer(opts, self.public_endpoint) if self._is_s3 else None
