@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
@@ -64,8 +66,9 @@ async def readyz(request: Request) -> HTTPResponse:
     plain = {name: UP if deps[name]["status"] == "ok" else DOWN for name in ("redis", "storage", "queue", "groups")}
     if DOWN in plain.values():
         status = "degraded" if [n for n, v in plain.items() if v == DOWN] == ["groups"] else "not_ready"
-        reasons = [GROUPS_MISSING] if plain["groups"] == DOWN else []
-        body = {"status": status, "dependencies": plain, "reasons": reasons}
+        body: dict[str, Any] = {"status": status, "dependencies": plain}
+        if plain["groups"] == DOWN:
+            body["reasons"] = [GROUPS_MISSING]
         return json(body, status=503, headers={"Retry-After": "5"})
     return json({"status": "ready", "dependencies": plain})
 

@@ -90,7 +90,10 @@ async def test_admission_control_refuses_over_queue_depth(api_factory, http) -> 
         await error_of(r, 503, "BACKEND_UNAVAILABLE")
         assert r.headers["Retry-After"]
     body = await _readyz(http, base, 503)
-    assert body == {"status": "not_ready", "dependencies": {"redis": "up", "storage": "up", "queue": "down"}}
+    assert body == {
+        "status": "not_ready",
+        "dependencies": {"redis": "up", "storage": "up", "queue": "down", "groups": "up"},
+    }
     async with http.get(f"{base}/healthz") as r:
         assert r.status == 200, "liveness does not depend on the queue"
     # a refused submission used no Idempotency-Key: the same key works once there is room
