@@ -18,7 +18,7 @@ from sanic import Request
 
 from comfyflow.auth_settings import RoleLimits
 from comfyflow.core.owners import set_owner_limits
-from comfyflow.core.ratelimit import RateLimiter
+from comfyflow.core.ratelimit import Decision, RateLimiter
 from comfyflow.core.runtime import Runtime
 from comfyflow.errors import ConfigError, Forbidden, RateLimited, Unauthorized, ValidationError
 from comfyflow.models import Principal, RawGraphRequest, Role
@@ -28,9 +28,27 @@ from comfyflow.settings import Settings
 
 log = structlog.get_logger("comfyflow.auth")
 
+#: Routes (POST) whose request is counted against the rate limit by their own Redis script, in the same round trip
+#: as their work; on their error paths before that, by :meth:`AuthPolicy.count_request` (so every request counts).
+DEFERRED_RATE_LIMIT = frozenset({"/api/v1/jobs"})
 UNAUTHORIZED = "Missing or invalid credentials; send 'Authorization: Bearer <API key>'."
 WWW_AUTHENTICATE = 'Bearer realm="comfyflow"'
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def apply_rate_decision(request: Request, principal: Principal, decision: Decision) -> None:
+    """Put the X-RateLimit-* headers on the response; raise RateLimited when the request was refused."""
+    extra = getattr(request.ctx, "extra_headers", None)
+    if extra is None:
+        extra = request.ctx.extra_headers = {}
+    extra.update(decision.headers())
+    if not decision.allowed:
+        raise RateLimited(
+            f"More than {decision.limit} requests per minute for role {principal.role.value}; retry in "
+            f"{max(1, round(decision.reset_seconds))} s.",
+            retry_after=decision.reset_seconds,
+            details={"limit": decision.limit, "window_seconds": 60, "role": principal.role.value},
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -126,16 +144,18 @@ class AuthPolicy:
         limits = self.limits(principal)
         request.ctx.url_ttl = limits.url_ttl_seconds
         if limits.requests_per_minute is not None:
-            decision = await self.ratelimiter.hit(principal.id, limits.requests_per_minute)
-            extra.update(decision.headers())
-            if not decision.allowed:
-                raise RateLimited(
-                    f"More than {decision.limit} requests per minute for role {principal.role.value}; retry in "
-                    f"{max(1, round(decision.reset_seconds))} s.",
-                    retry_after=decision.reset_seconds,
-                    details={"limit": decision.limit, "window_seconds": 60, "role": principal.role.value},
-                )
+            if request.method == "POST" and request.path.rstrip("/") in DEFERRED_RATE_LIMIT:
+                request.ctx.rate_limit = limits.requests_per_minute  # counted by the submit script itself
+            else:
+                await self.count_request(request, principal)
         return principal
+
+    async def count_request(self, request: Request, principal: Principal) -> None:
+        """Count one request against the caller's rate limit. Raises RateLimited when over it."""
+        limit = self.limits(principal).requests_per_minute
+        if limit is not None:
+            decision = await self.ratelimiter.hit(principal.id, limit)
+            apply_rate_decision(request, principal, decision)
 
     async def identify(self, headers: Any, extra_headers: dict[str, str] | None = None) -> Principal:
         """The principal the headers name, or Unauthorized with the one message for every bad credential."""
@@ -158,7 +178,7 @@ class AuthPolicy:
             extra_headers["WWW-Authenticate"] = WWW_AUTHENTICATE
         raise Unauthorized(UNAUTHORIZED)
 
-    async def check_request(self, principal: Principal, request: Any) -> None:
+    async def check_request(self, principal: Principal, request: Any, *, record_limits: bool = True) -> None:
         limits = self.limits(principal)
         if isinstance(request, RawGraphRequest):
             if principal.role != Role.INTERNAL:
@@ -170,6 +190,8 @@ class AuthPolicy:
             self.check_graph(request.workflow, limits)
         else:
             self._check_size(limits, principal.role, "batch_size", request.batch_size, request.width, request.height)
+        if not record_limits:
+            return
         await set_owner_limits(
             self.redis, self.keys, principal.id, max_running=limits.concurrent_jobs, role=principal.role.value
         )
@@ -224,6 +246,10 @@ class AuthPolicy:
                 f"A batch of {size} items is more than role {role} may send at once ({limit}); send smaller batches.",
                 details={"field": "items", "value": size, "limit": limit, "role": role},
             )
+
+    def owner_limits(self, principal: Principal) -> tuple[int | None, str] | None:
+        """(running-job limit or None, role): what check_request records, for a submit to record itself."""
+        return self.limits(principal).concurrent_jobs, principal.role.value
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:
         return self.limits(principal).daily_jobs, datetime.now(UTC).strftime("%Y%m%d")

@@ -13,8 +13,11 @@ from sanic.response import HTTPResponse, json
 from comfyflow.api.errors import envelope
 from comfyflow.api.http import json_body, query_int
 from comfyflow.api.views import job_view
+from comfyflow.api.auth_policy import apply_rate_decision
+from comfyflow.core.ratelimit import Decision
+from comfyflow.core.submission import RateCount, RateLimitedSubmit
 from comfyflow.core.webhooks.targets import check_target
-from comfyflow.errors import Conflict, NotFound, ValidationError
+from comfyflow.errors import ComfyflowError, Conflict, NotFound, ValidationError
 from comfyflow.models import Job, JobState, parse_request
 
 bp = Blueprint("jobs", url_prefix="/api/v1")
@@ -32,24 +35,44 @@ async def own_job(request: Request, job_id: str) -> Job:
 
 
 async def _submit(request: Request) -> tuple[Job, bool]:
-    body = json_body(request, max_bytes=request.app.ctx.settings.max_body_bytes)
-    req = parse_request(body)
+    """Validate once, then one Redis round trip (rate limit, idempotency, admission, quota, job) for the job."""
+    policy = request.app.ctx.policy
     principal = request.ctx.principal
-    await request.app.ctx.policy.check_request(principal, req)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not IDEMPOTENCY_KEY.match(key):
-        raise ValidationError(
-            "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
-            details=[{"field": "Idempotency-Key", "value": key[:64]}],
-        )
-    if req.webhook:  # refused at once when it points at a private address (checked again at each delivery)
-        await check_target(req.webhook, request.app.ctx.settings.webhooks.allow_networks)
-    limit, day = await request.app.ctx.policy.daily_limit(principal)
-    sub = await request.app.ctx.submitter.submit(
-        req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day,
-        extra={**request.app.ctx.policy.job_fields(principal), "request_id": request.ctx.request_id},
-    )
+    limit_rpm = getattr(request.ctx, "rate_limit", None)  # deferred by the policy to the submit script
+    rate = RateCount(limit_rpm) if limit_rpm is not None else None
+    try:
+        body = json_body(request, max_bytes=request.app.ctx.settings.max_body_bytes)
+        req = parse_request(body)
+        await policy.check_request(principal, req, record_limits=False)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not IDEMPOTENCY_KEY.match(key):
+            raise ValidationError(
+                "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
+                details=[{"field": "Idempotency-Key", "value": key[:64]}],
+            )
+        if req.webhook:  # refused at once when it points at a private address (checked again at each delivery)
+            await check_target(req.webhook, request.app.ctx.settings.webhooks.allow_networks)
+        limit, day = await policy.daily_limit(principal)
+        sub = await request.app.ctx.submitter.submit(
+            req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day, rate_limit=rate,
+            owner_limits=policy.owner_limits(principal),
+            extra={**policy.job_fields(principal), "request_id": request.ctx.request_id},
+        )  # fmt: skip
+    except (ComfyflowError, RateLimitedSubmit):
+        if rate is not None:
+            if rate.rate is None:  # refused before the script counted the request: count it now (429 first)
+                await policy.count_request(request, principal)
+            else:
+                apply_rate_decision(request, principal, _decision(rate.limit, rate.rate))
+        raise
+    if rate is not None and rate.rate is not None:
+        apply_rate_decision(request, principal, _decision(rate.limit, rate.rate))
     return sub.job, sub.replayed
+
+
+def _decision(limit: int, rate: tuple[bool, int, int]) -> Decision:
+    allowed, remaining, reset_ms = rate
+    return Decision(allowed, limit, remaining, reset_ms / 1000)
 
 
 @bp.post("/jobs")

@@ -20,8 +20,6 @@ NAMES = (
     "retry",
     "promote",
     "slot_acquire",
-    "idem_begin",
-    "idem_abort",
     "expire",
     "batch_submit",
     "run_claim",

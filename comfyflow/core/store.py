@@ -39,8 +39,27 @@ class Claim:
 
 @dataclass(frozen=True)
 class SubmitOutcome:
+    """What the submit script decided: ``outcome`` is "ok", "existing", "mismatch", "quota", "overloaded",
+    "ratelimited" or "exists"; ``job`` is there for "ok" and "existing" (read in the same round trip)."""
+
     outcome: str
     job: Job | None
+    #: The job id (existing, mismatch), the queue depth (overloaded) or the count used (quota).
+    detail: str = ""
+    #: (allowed, remaining, reset in ms) of the request rate limit, when one was given.
+    rate: tuple[bool, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class SubmitLimits:
+    """What the submit script enforces besides the job itself (each part optional)."""
+
+    #: Refuse when this many interactive jobs wait (COMFYFLOW_MAX_QUEUE_DEPTH); None = no admission check.
+    max_depth: int | None = None
+    #: (ratelimit key, requests per window, window ms, member): one request counted in a sliding window.
+    rate_limit: tuple[str, int, int, str] | None = None
+    #: (owner limits key, max running or None = unlimited, role, ttl seconds): recorded for the claim script.
+    owner_limits: tuple[str, int | None, str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,22 +154,30 @@ class JobStore:
         extra: dict[str, Any] | None = None,
         idempotency: tuple[str, str] | None = None,
         daily_quota: tuple[str, int] | None = None,
+        limits: SubmitLimits | None = None,
+        body: dict[str, Any] | None = None,
     ) -> SubmitOutcome:
-        """Create a queued job for a validated request (a pydantic model), atomically with the idempotency
-        record and the daily quota count.
+        """Create a queued job for a validated request (a pydantic model) in one round trip, atomically with the
+        rate limit, the idempotency record, the admission check and the daily quota count.
 
         Args:
             idempotency: (redis key, body fingerprint), or None.
             daily_quota: (counter key, limit), or None for unlimited.
+            limits: admission, request rate limit and the owner's running limit (see :class:`SubmitLimits`).
+            body: ``request.model_dump(mode="json")`` when the caller has it already.
         Returns:
-            outcome "ok" (created), "existing" (same key and body), "mismatch" (same key, other body), "quota"
-            (limit reached), with the job when there is one.
+            The script's outcome, with the job as the script read it back (no second round trip).
         """
         job_id = job_id or new_job_id()
         now = self.clock()
-        fields = self.job_fields(request, owner=owner, job_id=job_id, now=now, max_attempts=max_attempts, extra=extra)
+        fields = self.job_fields(
+            request, owner=owner, job_id=job_id, now=now, max_attempts=max_attempts, extra=extra, body=body
+        )
+        limits = limits or SubmitLimits()
         idem_key, fingerprint = idempotency or (f"{self.keys.prefix}:idem:none", "")
         quota_key, limit = daily_quota or (f"{self.keys.prefix}:quota:none", -1)
+        rl_key, rl_limit, rl_window, rl_member = limits.rate_limit or (f"{self.keys.prefix}:rl:none", -1, 0, "")
+        ol_key, max_running, role, ol_ttl = limits.owner_limits or (f"{self.keys.prefix}:owner:none:limits", "-", "", 0)
         keys = [
             self.keys.job(job_id),
             self.keys.notify,
@@ -158,14 +185,23 @@ class JobStore:
             self.keys.events(job_id),
             idem_key,
             quota_key,
+            rl_key,
+            ol_key,
+            self.keys.batch_backlog,
+            *(self.keys.queue(p) for p in PRIORITIES),
         ]
-        args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400]
+        depth = -1 if limits.max_depth is None else limits.max_depth
+        args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400, depth,
+                rl_limit, rl_window, rl_member, max_running, role, ol_ttl]  # fmt: skip
         res = await self.scripts.run("submit", keys, args + _pairs(fields))
         outcome = _s(res[0])
-        if outcome in ("existing", "mismatch"):
-            job_id = _s(res[1])
-        job = await self.get(job_id) if outcome != "quota" else None
-        return SubmitOutcome(outcome, job)
+        rate = None if int(res[1]) < 0 else (int(res[1]) == 1, int(res[2]), int(res[3]))
+        detail = _s(res[4]) if len(res) > 4 else ""
+        job = None
+        if outcome in ("ok", "existing") and len(res) > 5 and res[5]:
+            flat = res[5]
+            job = job_from_hash({_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat) - 1, 2)})
+        return SubmitOutcome(outcome, job, detail, rate)
 
     def job_fields(
         self,
@@ -176,9 +212,10 @@ class JobStore:
         now: float,
         max_attempts: int | None = None,
         extra: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The hash of a new queued job (shared by ``submit`` and the bulk submit of batches)."""
-        body = request.model_dump(mode="json")
+        body = body if body is not None else request.model_dump(mode="json")
         return {
             "id": job_id,
             "state": JobState.QUEUED.value,
