@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from sanic import Request
 
+from comfyflow.api.auth_cache import PrincipalCache
 from comfyflow.auth_settings import RoleLimits
 from comfyflow.core.owners import set_owner_limits
 from comfyflow.core.ratelimit import Decision, RateLimiter
@@ -122,6 +123,8 @@ class AuthPolicy:
         self.keys = runtime.store.keys
         self.ratelimiter = RateLimiter(runtime.redis, runtime.store.keys)
         self.allowlist = frozenset(settings.graph_node_allowlist)
+        #: Principals reused for a second (revocations elsewhere take effect within it); see api/auth_cache.py.
+        self.principals = PrincipalCache()
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> AuthPolicy:
@@ -161,6 +164,9 @@ class AuthPolicy:
         """The principal the headers name, or Unauthorized with the one message for every bad credential."""
         if len(headers.getall("authorization", [])) > 1:
             return self._refuse(extra_headers, "several Authorization headers")
+        credential = headers.get("authorization")
+        if credential and (cached := self.principals.get(credential)) is not None:
+            return cached
         plain = {k.lower(): v for k, v in headers.items()}
         for plugin in self.plugins:
             try:
@@ -168,6 +174,8 @@ class AuthPolicy:
             except Unauthorized as exc:
                 return self._refuse(extra_headers, f"{plugin.scheme}: {exc.message}")
             if principal is not None:
+                if credential:
+                    self.principals.put(credential, principal)
                 return principal
         return self._refuse(extra_headers, "no credentials" if "authorization" not in plain else "unknown scheme")
 
