@@ -28,9 +28,11 @@ bp = Blueprint("admin", url_prefix="/api/v1")
 @bp.on_response
 async def _forget_principals(request: Request, response: HTTPResponse) -> None:
     """A key or user changed through this process: authenticated principals cached here are stale at once."""
-    cache = getattr(request.app.ctx.policy, "principals", None)
-    if request.method not in ("GET", "HEAD", "OPTIONS") and cache is not None:
-        cache.clear()
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    for cache in (getattr(request.app.ctx.policy, name, None) for name in ("principals", "recorded_limits")):
+        if cache is not None:
+            cache.clear()
 
 
 class NewUser(BaseModel):

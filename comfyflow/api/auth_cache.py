@@ -63,3 +63,26 @@ class PrincipalCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class Recently:
+    """What was last written to Redis per key, for ``ttl`` seconds: skip writing the same value again."""
+
+    def __init__(self, ttl: float, *, max_entries: int = MAX_ENTRIES, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple[float, object]] = {}
+
+    def fresh(self, key: str, value: object) -> bool:
+        """Whether ``value`` was written for ``key`` less than ``ttl`` seconds ago."""
+        entry = self._entries.get(key)
+        return entry is not None and entry[1] == value and self.clock() < entry[0]
+
+    def put(self, key: str, value: object) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (self.clock() + self.ttl, value)
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from sanic import Request
 
-from comfyflow.api.auth_cache import PrincipalCache
+from comfyflow.api.auth_cache import PrincipalCache, Recently
 from comfyflow.auth_settings import RoleLimits
 from comfyflow.core.owners import set_owner_limits
 from comfyflow.core.ratelimit import Decision, RateLimiter
@@ -125,6 +125,8 @@ class AuthPolicy:
         self.allowlist = frozenset(settings.graph_node_allowlist)
         #: Principals reused for a second (revocations elsewhere take effect within it); see api/auth_cache.py.
         self.principals = PrincipalCache()
+        #: The running-job limit and role last recorded per owner (renewed in Redis once a minute at most).
+        self.recorded_limits = Recently(60.0)
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> AuthPolicy:
@@ -186,7 +188,7 @@ class AuthPolicy:
             extra_headers["WWW-Authenticate"] = WWW_AUTHENTICATE
         raise Unauthorized(UNAUTHORIZED)
 
-    async def check_request(self, principal: Principal, request: Any, *, record_limits: bool = True) -> None:
+    async def check_request(self, principal: Principal, request: Any) -> None:
         limits = self.limits(principal)
         if isinstance(request, RawGraphRequest):
             if principal.role != Role.INTERNAL:
@@ -198,11 +200,10 @@ class AuthPolicy:
             self.check_graph(request.workflow, limits)
         else:
             self._check_size(limits, principal.role, "batch_size", request.batch_size, request.width, request.height)
-        if not record_limits:
-            return
-        await set_owner_limits(
-            self.redis, self.keys, principal.id, max_running=limits.concurrent_jobs, role=principal.role.value
-        )
+        recorded = (limits.concurrent_jobs, principal.role.value)
+        if not self.recorded_limits.fresh(principal.id, recorded):  # a Redis round trip a minute, not per submit
+            await set_owner_limits(self.redis, self.keys, principal.id, max_running=recorded[0], role=recorded[1])
+            self.recorded_limits.put(principal.id, recorded)
 
     def check_graph(self, workflow: dict[str, Any], limits: RoleLimits) -> None:
         """Node classes on the allow-list (422), no paths in inputs (422), sizes within the role's limits (403)."""
@@ -254,10 +255,6 @@ class AuthPolicy:
                 f"A batch of {size} items is more than role {role} may send at once ({limit}); send smaller batches.",
                 details={"field": "items", "value": size, "limit": limit, "role": role},
             )
-
-    def owner_limits(self, principal: Principal) -> tuple[int | None, str] | None:
-        """(running-job limit or None, role): what check_request records, for a submit to record itself."""
-        return self.limits(principal).concurrent_jobs, principal.role.value
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:
         return self.limits(principal).daily_jobs, datetime.now(UTC).strftime("%Y%m%d")

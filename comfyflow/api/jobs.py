@@ -43,7 +43,7 @@ async def _submit(request: Request) -> tuple[Job, bool]:
     try:
         body = json_body(request, max_bytes=request.app.ctx.settings.max_body_bytes)
         req = parse_request(body)
-        await policy.check_request(principal, req, record_limits=False)
+        await policy.check_request(principal, req)
         key = request.headers.get("idempotency-key")
         if key is not None and not IDEMPOTENCY_KEY.match(key):
             raise ValidationError(
@@ -55,7 +55,6 @@ async def _submit(request: Request) -> tuple[Job, bool]:
         limit, day = await policy.daily_limit(principal)
         sub = await request.app.ctx.submitter.submit(
             req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day, rate_limit=rate,
-            owner_limits=policy.owner_limits(principal),
             extra={**policy.job_fields(principal), "request_id": request.ctx.request_id},
         )  # fmt: skip
     except (ComfyflowError, RateLimitedSubmit):

@@ -21,18 +21,13 @@ class Policy(Protocol):
         """The caller. Raises Unauthorized for missing or bad credentials."""
         ...
 
-    async def check_request(self, principal: Principal, request: Any, *, record_limits: bool = True) -> None:
-        """Raises Forbidden/ValidationError when this caller may not submit this request. ``record_limits``:
-        also record the caller's running-job limit for the workers (a single submit records it itself)."""
-        ...
-
-    def owner_limits(self, principal: Principal) -> tuple[int | None, str] | None:
-        """(running-job limit or None for unlimited, role) to record with a submit; None = record nothing."""
+    async def check_request(self, principal: Principal, request: Any) -> None:
+        """Raises Forbidden/ValidationError when this caller may not submit this request."""
         ...
 
     async def count_request(self, request: Request, principal: Principal) -> None:
-        """Count a request whose rate limit was deferred to its route (``request.ctx.rate_limit``) but which
-        failed before its script ran. Raises RateLimited when over the limit."""
+        """Count a request whose rate limit the policy deferred to its route's own script
+        (``request.ctx.rate_limit``) but which failed before that script ran. Raises RateLimited when over it."""
         ...
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:
@@ -52,10 +47,7 @@ class OpenPolicy:
     async def authenticate(self, request: Request) -> Principal:
         return LOCAL
 
-    async def check_request(self, principal: Principal, request: Any, *, record_limits: bool = True) -> None:
-        return None
-
-    def owner_limits(self, principal: Principal) -> tuple[int | None, str] | None:
+    async def check_request(self, principal: Principal, request: Any) -> None:
         return None
 
     async def count_request(self, request: Request, principal: Principal) -> None:

@@ -22,6 +22,7 @@ NAMES = (
     "slot_acquire",
     "expire",
     "batch_submit",
+    "batch_release",
     "run_claim",
     "run_beat",
 )

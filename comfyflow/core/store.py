@@ -58,8 +58,6 @@ class SubmitLimits:
     max_depth: int | None = None
     #: (ratelimit key, requests per window, window ms, member): one request counted in a sliding window.
     rate_limit: tuple[str, int, int, str] | None = None
-    #: (owner limits key, max running or None = unlimited, role, ttl seconds): recorded for the claim script.
-    owner_limits: tuple[str, int | None, str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,7 @@ class JobStore:
         body: dict[str, Any] | None = None,
     ) -> SubmitOutcome:
         """Create a queued job for a validated request (a pydantic model) in one round trip, atomically with the
-        rate limit, the idempotency record, the admission check and the daily quota count.
+        request rate limit, the idempotency record, the admission check and the daily quota count.
 
         Args:
             idempotency: (redis key, body fingerprint), or None.
@@ -177,7 +175,6 @@ class JobStore:
         idem_key, fingerprint = idempotency or (f"{self.keys.prefix}:idem:none", "")
         quota_key, limit = daily_quota or (f"{self.keys.prefix}:quota:none", -1)
         rl_key, rl_limit, rl_window, rl_member = limits.rate_limit or (f"{self.keys.prefix}:rl:none", -1, 0, "")
-        ol_key, max_running, role, ol_ttl = limits.owner_limits or (f"{self.keys.prefix}:owner:none:limits", "-", "", 0)
         keys = [
             self.keys.job(job_id),
             self.keys.notify,
@@ -186,13 +183,12 @@ class JobStore:
             idem_key,
             quota_key,
             rl_key,
-            ol_key,
             self.keys.batch_backlog,
             *(self.keys.queue(p) for p in PRIORITIES),
         ]
         depth = -1 if limits.max_depth is None else limits.max_depth
         args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400, depth,
-                rl_limit, rl_window, rl_member, max_running, role, ol_ttl]  # fmt: skip
+                rl_limit, rl_window, rl_member]  # fmt: skip
         res = await self.scripts.run("submit", keys, args + _pairs(fields))
         outcome = _s(res[0])
         rate = None if int(res[1]) < 0 else (int(res[1]) == 1, int(res[2]), int(res[3]))

@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from comfyflow.core.owners import LIMITS_TTL_SECONDS
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.store import SubmitLimits
 from comfyflow.errors import IdempotencyConflict, Overloaded, QuotaExceeded, ValidationError
@@ -83,14 +82,12 @@ class Submitter:
         day: str = "",
         extra: dict[str, Any] | None = None,
         rate_limit: RateCount | None = None,
-        owner_limits: tuple[int | None, str] | None = None,
     ) -> Submitted:
         """Queue one job for ``owner``, in one Redis round trip.
 
         Args:
             rate_limit: the owner's requests per minute, counted with this submit (None = not counted here); the
                 decision is written back into it.
-            owner_limits: (max running jobs or None, role), recorded for the claim script.
         Raises:
             RateLimitedSubmit, Overloaded, QuotaExceeded, IdempotencyConflict (other body, or its job expired),
             ValidationError.
@@ -105,9 +102,6 @@ class Submitter:
             max_depth=self.rt.settings.max_queue_depth,
             rate_limit=(keys.ratelimit(owner), rate_limit.limit, RATE_WINDOW_MS, uuid.uuid4().hex)
             if rate_limit is not None
-            else None,
-            owner_limits=(keys.owner_limits(owner), owner_limits[0], owner_limits[1], LIMITS_TTL_SECONDS)
-            if owner_limits is not None
             else None,
         )
         quota = (quota_key(keys.prefix, owner, day), daily_limit) if daily_limit is not None else None

@@ -1,11 +1,8 @@
--- One submit, one round trip: rate limit, idempotency, admission, daily quota, the owner's running limit and the
--- job itself, in one script. A crash (of the API or of Redis) leaves either nothing or everything: there is no
+-- One submit, one round trip: rate limit, idempotency, admission, daily quota and the job itself, in one script. A crash (of the API or of Redis) leaves either nothing or everything: there is no
 -- marker of a request in flight that could outlive its writer.
--- KEYS: job, notify, owner_jobs, events, idem_key, quota_key, ratelimit, owner_limits, batch_backlog,
---       q:high, q:normal, q:low
+-- KEYS: job, notify, owner_jobs, events, idem_key, quota_key, ratelimit, batch_backlog, q:high, q:normal, q:low
 -- ARGV: prefix, now, idem_fp ('' = none), idem_ttl, quota_limit (-1 = none), quota_ttl, max_depth (-1 = none),
---       rl_limit (-1 = none), rl_window_ms, rl_member, max_running ('-' = leave alone, '' = unlimited, or n),
---       role, owner_limits_ttl, field/value pairs...
+--       rl_limit (-1 = none), rl_window_ms, rl_member, field/value pairs...
 -- Returns {outcome, rl_allowed (-1 = no limit), rl_remaining, rl_reset_ms, ...}: 'ok' msg job_pairs,
 -- 'existing' id job_pairs, 'mismatch' id, 'overloaded' depth, 'quota' used, 'ratelimited', 'exists'.
 local rl = {-1, 0, 0}
@@ -32,12 +29,6 @@ end
 local function reply(outcome, ...)
   return {outcome, rl[1], rl[2], rl[3], ...}
 end
-if ARGV[11] ~= '-' then
-  if ARGV[11] == '' then redis.call('HDEL', KEYS[8], 'max_running')
-  else redis.call('HSET', KEYS[8], 'max_running', ARGV[11]) end
-  redis.call('HSET', KEYS[8], 'role', ARGV[12])
-  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[13]))
-end
 if ARGV[3] ~= '' then
   local cur = redis.call('GET', KEYS[5])
   if cur then
@@ -50,7 +41,7 @@ local max_depth = tonumber(ARGV[7])
 if max_depth >= 0 then
   -- Jobs waiting (not yet delivered to a worker), less the queued batch items, which have their own limit.
   local depth = 0
-  for q = 10, 12 do
+  for q = 9, 11 do
     local n = redis.call('XLEN', KEYS[q])
     if n > 0 then
       local p = redis.pcall('XPENDING', KEYS[q], GROUP)
@@ -58,7 +49,7 @@ if max_depth >= 0 then
       depth = depth + math.max(0, n)
     end
   end
-  depth = math.max(0, depth - tonumber(redis.call('GET', KEYS[9]) or '0'))
+  depth = math.max(0, depth - tonumber(redis.call('GET', KEYS[8]) or '0'))
   if depth >= max_depth then return reply('overloaded', depth) end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return reply('exists') end
@@ -69,7 +60,7 @@ if limit >= 0 then
   redis.call('INCR', KEYS[6])
   redis.call('EXPIRE', KEYS[6], tonumber(ARGV[6]))
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 14))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 local st = redis.call('HMGET', KEYS[1], 'id', 'priority')
 local msg = enqueue(KEYS[1], ARGV[1], KEYS[2], st[1], 1, st[2])
 redis.call('ZADD', KEYS[3], ARGV[2], st[1])
