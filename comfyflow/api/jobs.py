@@ -12,10 +12,11 @@ from sanic.response import HTTPResponse, json
 
 from comfyflow.api.errors import envelope
 from comfyflow.api.http import json_body, query_int
-from comfyflow.api.views import job_view
+from comfyflow.api.views import fast_job_view, job_view
 from comfyflow.api.auth_policy import apply_rate_decision
 from comfyflow.core.ratelimit import Decision
-from comfyflow.core.submission import RateCount, RateLimitedSubmit
+from comfyflow.core.store import job_from_hash
+from comfyflow.core.submission import RateCount, RateLimitedSubmit, Submitted
 from comfyflow.core.webhooks.targets import check_target
 from comfyflow.errors import ComfyflowError, Conflict, NotFound, ValidationError
 from comfyflow.models import Job, JobState, parse_request
@@ -34,7 +35,7 @@ async def own_job(request: Request, job_id: str) -> Job:
     return job
 
 
-async def _submit(request: Request) -> tuple[Job, bool]:
+async def _submit(request: Request) -> Submitted:
     """Validate once, then one Redis round trip (rate limit, idempotency, admission, quota, job) for the job."""
     policy = request.app.ctx.policy
     principal = request.ctx.principal
@@ -66,7 +67,7 @@ async def _submit(request: Request) -> tuple[Job, bool]:
         raise
     if rate is not None and rate.rate is not None:
         apply_rate_decision(request, principal, _decision(rate.limit, rate.rate))
-    return sub.job, sub.replayed
+    return sub
 
 
 def _decision(limit: int, rate: tuple[bool, int, int]) -> Decision:
@@ -76,16 +77,21 @@ def _decision(limit: int, rate: tuple[bool, int, int]) -> Decision:
 
 @bp.post("/jobs")
 async def create_job(request: Request) -> HTTPResponse:
-    job, replayed = await _submit(request)
-    headers = {"Location": f"/api/v1/jobs/{job.job_id}"}
-    if replayed:
+    sub = await _submit(request)
+    headers = {"Location": f"/api/v1/jobs/{sub.raw['id']}"}
+    if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return json(await job_view(request, job), status=202, headers=headers)
+    view = fast_job_view(sub.raw) or await job_view(request, sub.job)
+    return json(view, status=202, headers=headers)
 
 
 @bp.get("/jobs/<job_id:str>")
 async def get_job(request: Request, job_id: str) -> HTTPResponse:
-    return json(await job_view(request, await own_job(request, job_id)))
+    """The job (one HGETALL; the view is built straight from the hash unless the job has artifacts to link)."""
+    raw = await request.app.ctx.rt.store.raw(job_id) if JOB_ID.match(job_id) else {}
+    if not raw or raw.get("owner", "local") != request.ctx.principal.id:
+        raise NotFound(f"No job {job_id!r} among yours.", details={"job_id": job_id})
+    return json(fast_job_view(raw) or await job_view(request, job_from_hash(raw)))
 
 
 def _cursor(score: float, job_id: str) -> str:
@@ -204,7 +210,7 @@ async def generate(request: Request) -> HTTPResponse:
     timeout, 504 with the job id, and the job keeps running."""
     limit = request.app.ctx.settings.sync_timeout_seconds
     timeout = float(query_int(request, "timeout", int(limit), lo=1, hi=int(limit)))
-    job, _ = await _submit(request)
+    job = (await _submit(request)).job
     done = await wait_terminal(request, job.job_id, timeout=timeout)
     if done is None:
         return envelope(

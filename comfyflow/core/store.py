@@ -40,14 +40,18 @@ class Claim:
 @dataclass(frozen=True)
 class SubmitOutcome:
     """What the submit script decided: ``outcome`` is "ok", "existing", "mismatch", "quota", "overloaded",
-    "ratelimited" or "exists"; ``job`` is there for "ok" and "existing" (read in the same round trip)."""
+    "ratelimited" or "exists"; ``raw`` is the job's hash for "ok" and "existing" (read in the same round trip)."""
 
     outcome: str
-    job: Job | None
+    raw: dict[str, str] | None = None
     #: The job id (existing, mismatch), the queue depth (overloaded) or the count used (quota).
     detail: str = ""
     #: (allowed, remaining, reset in ms) of the request rate limit, when one was given.
     rate: tuple[bool, int, int] | None = None
+
+    @property
+    def job(self) -> Job | None:
+        return job_from_hash(self.raw) if self.raw else None
 
 
 @dataclass(frozen=True)
@@ -193,11 +197,11 @@ class JobStore:
         outcome = _s(res[0])
         rate = None if int(res[1]) < 0 else (int(res[1]) == 1, int(res[2]), int(res[3]))
         detail = _s(res[4]) if len(res) > 4 else ""
-        job = None
+        raw = None
         if outcome in ("ok", "existing") and len(res) > 5 and res[5]:
             flat = res[5]
-            job = job_from_hash({_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat) - 1, 2)})
-        return SubmitOutcome(outcome, job, detail, rate)
+            raw = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+        return SubmitOutcome(outcome, raw, detail, rate)
 
     def job_fields(
         self,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfyflow.core.runtime import Runtime
-from comfyflow.core.store import SubmitLimits
+from comfyflow.core.store import SubmitLimits, job_from_hash
 from comfyflow.errors import IdempotencyConflict, Overloaded, QuotaExceeded, ValidationError
 from comfyflow.models import Img2ImgRequest, Job
 
@@ -40,8 +40,13 @@ def quota_key(prefix: str, owner: str, day: str) -> str:
 
 @dataclass(frozen=True)
 class Submitted:
-    job: Job
+    #: The job's hash, as the submit script read it back.
+    raw: dict[str, str]
     replayed: bool = False
+
+    @property
+    def job(self) -> Job:
+        return job_from_hash(self.raw)
 
 
 @dataclass
@@ -125,12 +130,12 @@ class Submitter:
                 details={"idempotency_key": idempotency_key, "job_id": out.detail},
             )
         if out.outcome == "existing":
-            if out.job is None:
+            if out.raw is None:
                 raise IdempotencyConflict("The job this Idempotency-Key created has expired; use a new key.")
-            return Submitted(out.job, replayed=True)
-        if out.outcome != "ok" or out.job is None:
+            return Submitted(out.raw, replayed=True)
+        if out.outcome != "ok" or out.raw is None:
             raise RuntimeError(f"the submit script answered {out.outcome!r}")
-        return Submitted(out.job)
+        return Submitted(out.raw)
 
     async def _check_upload(self, owner: str, upload_id: str) -> None:
         if await self.rt.storage.info(f"uploads/{owner}/{upload_id}") is None:
