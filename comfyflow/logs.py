@@ -141,10 +141,13 @@ def configure(level: str = "INFO", fmt: str = "auto", *, stream: IO[str] | None 
 _json_handler: logging.Handler | None = None
 
 
-def write_json(logger: str, level: int, event: str, fields: dict[str, Any]) -> bool:
+def write_json(
+    logger: str, level: int, event: str, fields: dict[str, Any], *, redacted: tuple[str, ...] | None = None
+) -> bool:
     """Write one JSON log line straight to comfyflow's handler, without structlog's processor chain: for lines
     logged on every request. The caller passes every field the line needs (no context variables are merged);
-    strings are redacted like any line's. Returns False (write nothing) when logging is not configured for JSON;
+    strings are redacted like any line's (only the fields named in ``redacted``, when given: the caller vouches
+    that the others are fixed vocabulary or ids). Returns False (write nothing) when logging is not configured for JSON;
     True when the line was written or its level is off.
     """
     handler = _json_handler
@@ -152,7 +155,10 @@ def write_json(logger: str, level: int, event: str, fields: dict[str, Any]) -> b
         return False
     if not logging.getLogger(logger).isEnabledFor(level):
         return True
-    line = {k: redact_text(v) if isinstance(v, str) else v for k, v in fields.items()}
+    line = {
+        k: redact_text(v) if isinstance(v, str) and (redacted is None or k in redacted) else v
+        for k, v in fields.items()
+    }
     line.update(event=event, logger=logger, level=logging.getLevelName(level).lower(),
                 timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z"))  # fmt: skip
     text = orjson.dumps(line, default=str).decode() + "\n"

@@ -48,7 +48,8 @@ async def _access(request: Request, response: HTTPResponse) -> None:
         principal = getattr(request.ctx, "principal", None)
         if principal is not None:
             fields["principal"] = principal.id
-        if logs.write_json("comfyflow.api", logging.INFO, "request", fields):  # JSON: the cheap path
+        # JSON: the cheap path. method, route and status are fixed vocabulary, principal an id
+        if logs.write_json("comfyflow.api", logging.INFO, "request", fields, redacted=("path", "request_id")):
             return
     if response.status >= 500:
         log.warning("request", **fields)

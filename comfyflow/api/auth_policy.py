@@ -29,9 +29,10 @@ from comfyflow.settings import Settings
 
 log = structlog.get_logger("comfyflow.auth")
 
-#: Routes (POST) whose request is counted against the rate limit by their own Redis script, in the same round trip
-#: as their work; on their error paths before that, by :meth:`AuthPolicy.count_request` (so every request counts).
-DEFERRED_RATE_LIMIT = frozenset({"/api/v1/jobs"})
+#: Routes (method, pattern) whose request is counted against the rate limit in the same Redis round trip as their
+#: own work (the submit script; a pipeline with the job's HGETALL); on their error paths before that, by
+#: :meth:`AuthPolicy.count_request` (so every request counts).
+DEFERRED_RATE_LIMIT = frozenset({("POST", "api/v1/jobs"), ("GET", "api/v1/jobs/<job_id:str>")})
 UNAUTHORIZED = "Missing or invalid credentials; send 'Authorization: Bearer <API key>'."
 WWW_AUTHENTICATE = 'Bearer realm="comfyflow"'
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -149,18 +150,28 @@ class AuthPolicy:
         limits = self.limits(principal)
         request.ctx.url_ttl = limits.url_ttl_seconds
         if limits.requests_per_minute is not None:
-            if request.method == "POST" and request.path.rstrip("/") in DEFERRED_RATE_LIMIT:
-                request.ctx.rate_limit = limits.requests_per_minute  # counted by the submit script itself
+            route = getattr(request, "route", None)
+            if route is not None and (request.method, str(route.path).strip("/")) in DEFERRED_RATE_LIMIT:
+                request.ctx.rate_limit = limits.requests_per_minute  # counted by the route, with its own work
             else:
                 await self.count_request(request, principal)
         return principal
 
-    async def count_request(self, request: Request, principal: Principal) -> None:
-        """Count one request against the caller's rate limit. Raises RateLimited when over it."""
+    async def count_request(self, request: Request, principal: Principal, also: Any = None) -> Any:
+        """Count one request against the caller's rate limit (raises RateLimited when over it). ``also(pipe)``
+        queues the request's own read on the same pipeline: one round trip; returns that read's reply."""
         limit = self.limits(principal).requests_per_minute
-        if limit is not None:
-            decision = await self.ratelimiter.hit(principal.id, limit)
-            apply_rate_decision(request, principal, decision)
+        if limit is None:
+            return await also(self.redis) if also is not None else None
+        if also is None:
+            apply_rate_decision(request, principal, await self.ratelimiter.hit(principal.id, limit))
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        await self.ratelimiter.queue(principal.id, limit, client=pipe)
+        also(pipe)
+        counted, reply = await pipe.execute()
+        apply_rate_decision(request, principal, self.ratelimiter.decision(counted, limit))
+        return reply
 
     async def identify(self, headers: Any, extra_headers: dict[str, str] | None = None) -> Principal:
         """The principal the headers name, or Unauthorized with the one message for every bad credential."""

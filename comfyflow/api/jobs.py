@@ -18,7 +18,7 @@ from comfyflow.core.ratelimit import Decision
 from comfyflow.core.store import job_from_hash
 from comfyflow.core.submission import RateCount, RateLimitedSubmit, Submitted
 from comfyflow.core.webhooks.targets import check_target
-from comfyflow.errors import ComfyflowError, Conflict, NotFound, ValidationError
+from comfyflow.errors import Conflict, NotFound, ValidationError
 from comfyflow.models import Job, JobState, parse_request
 
 bp = Blueprint("jobs", url_prefix="/api/v1")
@@ -58,7 +58,7 @@ async def _submit(request: Request) -> Submitted:
             req, owner=principal.id, idempotency_key=key, daily_limit=limit, day=day, rate_limit=rate,
             extra={**policy.job_fields(principal), "request_id": request.ctx.request_id},
         )  # fmt: skip
-    except (ComfyflowError, RateLimitedSubmit):
+    except Exception:  # ComfyflowError, pydantic.ValidationError, RateLimitedSubmit, ...: the request counts
         if rate is not None:
             if rate.rate is None:  # refused before the script counted the request: count it now (429 first)
                 await policy.count_request(request, principal)
@@ -68,6 +68,10 @@ async def _submit(request: Request) -> Submitted:
     if rate is not None and rate.rate is not None:
         apply_rate_decision(request, principal, _decision(rate.limit, rate.rate))
     return sub
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _decision(limit: int, rate: tuple[bool, int, int]) -> Decision:
@@ -87,8 +91,16 @@ async def create_job(request: Request) -> HTTPResponse:
 
 @bp.get("/jobs/<job_id:str>")
 async def get_job(request: Request, job_id: str) -> HTTPResponse:
-    """The job (one HGETALL; the view is built straight from the hash unless the job has artifacts to link)."""
-    raw = await request.app.ctx.rt.store.raw(job_id) if JOB_ID.match(job_id) else {}
+    """The job: one round trip (its HGETALL, with the rate limit count when there is one); the view is built
+    straight from the hash unless the job has artifacts to link."""
+    store = request.app.ctx.rt.store
+    raw: dict[str, str] = {}
+    if getattr(request.ctx, "rate_limit", None) is not None:  # deferred by the policy: counted with the read
+        also = (lambda pipe: pipe.hgetall(store.keys.job(job_id))) if JOB_ID.match(job_id) else None
+        reply = await request.app.ctx.policy.count_request(request, request.ctx.principal, also)
+        raw = {_s(k): _s(v) for k, v in (reply or {}).items()}
+    elif JOB_ID.match(job_id):
+        raw = await store.raw(job_id)
     if not raw or raw.get("owner", "local") != request.ctx.principal.id:
         raise NotFound(f"No job {job_id!r} among yours.", details={"job_id": job_id})
     return json(fast_job_view(raw) or await job_view(request, job_from_hash(raw)))

@@ -25,9 +25,10 @@ class Policy(Protocol):
         """Raises Forbidden/ValidationError when this caller may not submit this request."""
         ...
 
-    async def count_request(self, request: Request, principal: Principal) -> None:
-        """Count a request whose rate limit the policy deferred to its route's own script
-        (``request.ctx.rate_limit``) but which failed before that script ran. Raises RateLimited when over it."""
+    async def count_request(self, request: Request, principal: Principal, also: Any = None) -> Any:
+        """Count a request whose rate limit the policy deferred to its route (``request.ctx.rate_limit``).
+        ``also(pipe)`` queues the route's own Redis read in the same round trip; its reply is returned.
+        Raises RateLimited when over the limit."""
         ...
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:
@@ -50,7 +51,7 @@ class OpenPolicy:
     async def check_request(self, principal: Principal, request: Any) -> None:
         return None
 
-    async def count_request(self, request: Request, principal: Principal) -> None:
+    async def count_request(self, request: Request, principal: Principal, also: Any = None) -> Any:
         return None
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:

@@ -7,9 +7,10 @@ and on every API host (the window runs on the Redis server's clock).
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -47,6 +48,15 @@ class RateLimiter:
         Args:
             now: the time in seconds (tests); None = the Redis server's clock.
         """
-        args = ["" if now is None else str(int(now * 1000)), str(limit), str(self.window_ms), uuid.uuid4().hex]
-        allowed, remaining, reset_ms = await self._script(keys=[self.keys.ratelimit(owner)], args=args)
+        return self.decision(await self.queue(owner, limit, now=now), limit)
+
+    def queue(self, owner: str, limit: int, *, now: float | None = None, client: Any = None) -> Any:
+        """The script call counting one request (an awaitable; queued on ``client`` when it is a pipeline, so the
+        count shares a round trip with the request's own read). Its reply goes to :meth:`decision`."""
+        args = ["" if now is None else str(int(now * 1000)), str(limit), str(self.window_ms), os.urandom(8).hex()]
+        return self._script(keys=[self.keys.ratelimit(owner)], args=args, client=client)
+
+    @staticmethod
+    def decision(reply: Any, limit: int) -> Decision:
+        allowed, remaining, reset_ms = reply
         return Decision(bool(int(allowed)), limit, int(remaining), int(reset_ms) / 1000)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,7 @@ class Submitter:
         keys = store.keys
         limits = SubmitLimits(
             max_depth=self.rt.settings.max_queue_depth,
-            rate_limit=(keys.ratelimit(owner), rate_limit.limit, RATE_WINDOW_MS, uuid.uuid4().hex)
+            rate_limit=(keys.ratelimit(owner), rate_limit.limit, RATE_WINDOW_MS, os.urandom(8).hex())
             if rate_limit is not None
             else None,
         )

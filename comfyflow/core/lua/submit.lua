@@ -2,7 +2,7 @@
 -- marker of a request in flight that could outlive its writer.
 -- KEYS: job, notify, owner_jobs, events, idem_key, quota_key, ratelimit, batch_backlog, q:high, q:normal, q:low
 -- ARGV: prefix, now, idem_fp ('' = none), idem_ttl, quota_limit (-1 = none), quota_ttl, max_depth (-1 = none),
---       rl_limit (-1 = none), rl_window_ms, rl_member, field/value pairs...
+--       rl_limit (-1 = none), rl_window_ms, rl_member, the job's field/value pairs as one JSON array of strings
 -- Returns {outcome, rl_allowed (-1 = no limit), rl_remaining, rl_reset_ms, ...}: 'ok' msg job_pairs,
 -- 'existing' id job_pairs, 'mismatch' id, 'overloaded' depth, 'quota' used, 'ratelimited', 'exists'.
 local rl = {-1, 0, 0}
@@ -60,7 +60,7 @@ if limit >= 0 then
   redis.call('INCR', KEYS[6])
   redis.call('EXPIRE', KEYS[6], tonumber(ARGV[6]))
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[11])))
 local st = redis.call('HMGET', KEYS[1], 'id', 'priority')
 local msg = enqueue(KEYS[1], ARGV[1], KEYS[2], st[1], 1, st[2])
 redis.call('ZADD', KEYS[3], ARGV[2], st[1])
