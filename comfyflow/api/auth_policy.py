@@ -157,21 +157,24 @@ class AuthPolicy:
                 await self.count_request(request, principal)
         return principal
 
-    async def count_request(self, request: Request, principal: Principal, also: Any = None) -> Any:
-        """Count one request against the caller's rate limit (raises RateLimited when over it). ``also(pipe)``
-        queues the request's own read on the same pipeline: one round trip; returns that read's reply."""
+    async def count_request(
+        self, request: Request, principal: Principal, read: str | None = None
+    ) -> dict[str, str] | None:
+        """Count one request against the caller's rate limit (raises RateLimited when over it). With ``read``,
+        the hash at that key is read in the same script (one round trip) and returned."""
         limit = self.limits(principal).requests_per_minute
         if limit is None:
-            return await also(self.redis) if also is not None else None
-        if also is None:
+            return await self._read(read) if read is not None else None
+        if read is None:
             apply_rate_decision(request, principal, await self.ratelimiter.hit(principal.id, limit))
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        await self.ratelimiter.queue(principal.id, limit, client=pipe)
-        also(pipe)
-        counted, reply = await pipe.execute()
-        apply_rate_decision(request, principal, self.ratelimiter.decision(counted, limit))
-        return reply
+        decision, raw = await self.ratelimiter.hit_and_read(principal.id, limit, read)
+        apply_rate_decision(request, principal, decision)
+        return raw
+
+    async def _read(self, key: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(key)
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def identify(self, headers: Any, extra_headers: dict[str, str] | None = None) -> Principal:
         """The principal the headers name, or Unauthorized with the one message for every bad credential."""

@@ -70,10 +70,6 @@ async def _submit(request: Request) -> Submitted:
     return sub
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _decision(limit: int, rate: tuple[bool, int, int]) -> Decision:
     allowed, remaining, reset_ms = rate
     return Decision(allowed, limit, remaining, reset_ms / 1000)
@@ -96,9 +92,8 @@ async def get_job(request: Request, job_id: str) -> HTTPResponse:
     store = request.app.ctx.rt.store
     raw: dict[str, str] = {}
     if getattr(request.ctx, "rate_limit", None) is not None:  # deferred by the policy: counted with the read
-        also = (lambda pipe: pipe.hgetall(store.keys.job(job_id))) if JOB_ID.match(job_id) else None
-        reply = await request.app.ctx.policy.count_request(request, request.ctx.principal, also)
-        raw = {_s(k): _s(v) for k, v in (reply or {}).items()}
+        read = store.keys.job(job_id) if JOB_ID.match(job_id) else None
+        raw = await request.app.ctx.policy.count_request(request, request.ctx.principal, read) or {}
     elif JOB_ID.match(job_id):
         raw = await store.raw(job_id)
     if not raw or raw.get("owner", "local") != request.ctx.principal.id:

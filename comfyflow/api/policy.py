@@ -25,9 +25,11 @@ class Policy(Protocol):
         """Raises Forbidden/ValidationError when this caller may not submit this request."""
         ...
 
-    async def count_request(self, request: Request, principal: Principal, also: Any = None) -> Any:
+    async def count_request(
+        self, request: Request, principal: Principal, read: str | None = None
+    ) -> dict[str, str] | None:
         """Count a request whose rate limit the policy deferred to its route (``request.ctx.rate_limit``).
-        ``also(pipe)`` queues the route's own Redis read in the same round trip; its reply is returned.
+        ``read``: a Redis hash the route reads, read in the same round trip and returned.
         Raises RateLimited when over the limit."""
         ...
 
@@ -51,7 +53,9 @@ class OpenPolicy:
     async def check_request(self, principal: Principal, request: Any) -> None:
         return None
 
-    async def count_request(self, request: Request, principal: Principal, also: Any = None) -> Any:
+    async def count_request(
+        self, request: Request, principal: Principal, read: str | None = None
+    ) -> dict[str, str] | None:
         return None
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:

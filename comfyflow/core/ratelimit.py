@@ -48,15 +48,21 @@ class RateLimiter:
         Args:
             now: the time in seconds (tests); None = the Redis server's clock.
         """
-        return self.decision(await self.queue(owner, limit, now=now), limit)
-
-    def queue(self, owner: str, limit: int, *, now: float | None = None, client: Any = None) -> Any:
-        """The script call counting one request (an awaitable; queued on ``client`` when it is a pipeline, so the
-        count shares a round trip with the request's own read). Its reply goes to :meth:`decision`."""
         args = ["" if now is None else str(int(now * 1000)), str(limit), str(self.window_ms), os.urandom(8).hex()]
-        return self._script(keys=[self.keys.ratelimit(owner)], args=args, client=client)
+        return self.decision(await self._script(keys=[self.keys.ratelimit(owner)], args=args), limit)
+
+    async def hit_and_read(self, owner: str, limit: int, key: str) -> tuple[Decision, dict[str, str]]:
+        """Count one request and read the hash at ``key`` in the same script (one round trip)."""
+        args = ["", str(limit), str(self.window_ms), os.urandom(8).hex()]
+        reply = await self._script(keys=[self.keys.ratelimit(owner), key], args=args)
+        flat = reply[3] or []
+        return self.decision(reply[:3], limit), {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
     @staticmethod
     def decision(reply: Any, limit: int) -> Decision:
-        allowed, remaining, reset_ms = reply
+        allowed, remaining, reset_ms = reply[:3]
         return Decision(bool(int(allowed)), limit, int(remaining), int(reset_ms) / 1000)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
