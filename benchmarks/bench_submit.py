@@ -79,18 +79,26 @@ def serve_baseline(port: int, prefix: str) -> None:
 def comfyflow_settings(prefix: str, home: str, processes: int = 1) -> Any:
     from comfyflow.settings import Settings
 
+    extra = {"api_processes": processes} if processes > 1 else {}
     return Settings(
         home=Path(home), key_prefix=prefix, redis_url=REDIS_URL, prefect_enabled=False, auth="apikey",
-        max_queue_depth=10_000_000, limits=LIMITS, api_processes=processes,  # type: ignore[arg-type]
+        max_queue_depth=10_000_000, limits=LIMITS, **extra,  # type: ignore[arg-type]
     )  # type: ignore[call-arg]  # fmt: skip
 
 
 def serve_comfyflow(port: int, prefix: str, home: str, processes: int) -> None:
     from comfyflow import logs
-    from comfyflow.api.serving import serve
 
     settings = comfyflow_settings(prefix, home, processes)
     logs.configure(settings.log_level, "json")
+    try:
+        from comfyflow.api.serving import serve
+    except ImportError:  # a checkout from before `serve --api-processes` (to measure it the same way)
+        from comfyflow.api.app import create_app
+
+        app = create_app(settings, run_worker=False)
+        app.run(host="127.0.0.1", port=port, single_process=True, access_log=False, motd=False)
+        return
     serve(settings, host="127.0.0.1", port=port, run_worker=False)
 
 
