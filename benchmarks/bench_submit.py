@@ -31,7 +31,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -268,11 +267,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nPOST /api/v1/jobs (API key, Idempotency-Key, quota, rate limit) / baseline: x{post_ratio:.2f} "
           f"(goal >= 0.5) {'ok' if post_ratio >= 0.5 else 'MISSED'}")  # fmt: skip
     print(f"POST p99 at {args.rate:g} req/s offered: {p99:.1f} ms (goal < 20) {'ok' if p99 < 20 else 'MISSED'}")
-    print(f"GET /api/v1/jobs/{{id}} / baseline: x{get_ratio:.2f} (goal >= 0.6) {'ok' if get_ratio >= 0.6 else 'MISSED'}")
+    verdict = "ok" if get_ratio >= 0.6 else "MISSED"
+    print(f"GET /api/v1/jobs/{{id}} / baseline: x{get_ratio:.2f} (goal >= 0.6) {verdict}")
     for r in rows:
         if r["name"].startswith("comfyflow x"):
-            print(f"{r['name']}: POST x{r['post']['rps'] / cf['post']['rps']:.2f}, GET x{r['get']['rps'] / cf['get']['rps']:.2f}"
-                  " of one process")  # fmt: skip
+            post, get = r["post"]["rps"] / cf["post"]["rps"], r["get"]["rps"] / cf["get"]["rps"]
+            print(f"{r['name']}: POST x{post:.2f}, GET x{get:.2f} of one process")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
 
 

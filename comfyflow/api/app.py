@@ -43,13 +43,13 @@ SIGNED_PREFIX = "/api/v1/artifacts/"
 _names = itertools.count()
 
 
-def dumps(obj: Any, **kwargs: Any) -> bytes | str:
+def dumps(obj: Any, **kwargs: Any) -> bytes:
     """JSON bodies with orjson (several times faster than the standard library on our responses); the standard
     library for what orjson refuses (integers beyond 64 bits)."""
     try:
         return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
-        return json.dumps(obj, **kwargs)
+        return json.dumps(obj, **kwargs).encode()
 
 
 def create_app(

@@ -173,7 +173,7 @@ class AuthPolicy:
         return raw
 
     async def _read(self, key: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(key)
+        raw: dict[Any, Any] = await self.redis.hgetall(key)  # type: ignore[misc]
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def identify(self, headers: Any, extra_headers: dict[str, str] | None = None) -> Principal:

@@ -10,13 +10,13 @@ from typing import Any
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from comfyflow.api.auth_policy import apply_rate_decision
 from comfyflow.api.errors import envelope
 from comfyflow.api.http import json_body, query_int
 from comfyflow.api.views import fast_job_view, job_view
-from comfyflow.api.auth_policy import apply_rate_decision
 from comfyflow.core.ratelimit import Decision
 from comfyflow.core.store import job_from_hash
-from comfyflow.core.submission import RateCount, RateLimitedSubmit, Submitted
+from comfyflow.core.submission import RateCount, Submitted
 from comfyflow.core.webhooks.targets import check_target
 from comfyflow.errors import Conflict, NotFound, ValidationError
 from comfyflow.models import Job, JobState, parse_request

@@ -232,8 +232,9 @@ class BatchStore:
         # 1. Stage: every item's fields, invisible (no job key, queue entry or index names them) and expiring.
         pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(requests), STAGE_CHUNK):
-            chunk = {}
-            for job_id, request in zip(ids[start : start + STAGE_CHUNK], requests[start : start + STAGE_CHUNK]):
+            chunk: dict[Any, Any] = {}
+            part = zip(ids[start : start + STAGE_CHUNK], requests[start : start + STAGE_CHUNK], strict=True)
+            for job_id, request in part:
                 fields = self.store.job_fields(request, owner=owner, job_id=job_id, now=now, extra=extra)
                 chunk[job_id] = json.dumps([str(v) for v in _pairs(fields)], separators=(",", ":"))
             pipe.hset(staging, mapping=chunk)

@@ -23,12 +23,17 @@ from tests.conftest import SERVER_REDIS
 
 async def test_two_api_processes_serve_one_port(tmp_path: Path, prefix: str, http: aiohttp.ClientSession) -> None:
     port = free_port()
-    env = {**os.environ, "COMFYFLOW_HOME": str(tmp_path / "home"), "COMFYFLOW_REDIS_URL": SERVER_REDIS,
-           "COMFYFLOW_KEY_PREFIX": prefix, "COMFYFLOW_PREFECT_ENABLED": "false", "COMFYFLOW_AUTH": "apikey"}  # fmt: skip
+    env = {
+        **os.environ, "COMFYFLOW_HOME": str(tmp_path / "home"), "COMFYFLOW_REDIS_URL": SERVER_REDIS,
+        "COMFYFLOW_KEY_PREFIX": prefix, "COMFYFLOW_PREFECT_ENABLED": "false", "COMFYFLOW_AUTH": "apikey",
+    }  # fmt: skip
     out = tmp_path / "serve.out"
-    cmd = [sys.executable, "-m", "comfyflow.cli", "serve", "--api-processes", "2", "--workers", "0", "--port", str(port)]
+    cmd = [sys.executable, "-m", "comfyflow.cli", "serve", "--api-processes", "2", "--workers", "0",
+           "--port", str(port)]  # fmt: skip
     with out.open("w") as sink:
-        proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(  # noqa: ASYNC220 (started once; waited for by polling below)
+            cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -29,16 +29,16 @@ STATES: dict[str, dict[str, str]] = {
         "backend": "http://127.0.0.1:8188", "flow_run_id": "fr-1",
         "progress": json.dumps({"value": 0.5, "node": "3", "node_type": "KSampler", "step": 10, "max": 20,
                                 "phase": "rendering"}),
-    },  # fmt: skip
+    },
     "retrying": {
         "attempt": "2", "progress": json.dumps({"value": 0, "phase": "retrying"}),
         "last_error": json.dumps({"code": "BACKEND_UNAVAILABLE", "message": "x", "transient": True}),
-    },  # fmt: skip
+    },
     "failed": {
         "state": "failed", "attempt": "3", "finished_at": "1796286530", "render_started_at": "1796286518.5",
         "render_finished_at": "1796286529.000001",
         "error": json.dumps({"code": "EXECUTION_ERROR", "message": "boom", "details": {"node": "3"}}),
-    },  # fmt: skip
+    },
     "canceled": {"state": "canceled", "cancel": "1", "finished_at": "1796286520.123", "batch": "b" * 32},
 }
 

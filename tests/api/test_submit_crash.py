@@ -61,7 +61,9 @@ class DyingRedis(Redis):
         return DyingPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
-async def test_a_retry_after_the_api_died_mid_submit_succeeds_at_once(make_settings: Any, server_redis_url: str) -> None:
+async def test_a_retry_after_the_api_died_mid_submit_succeeds_at_once(
+    make_settings: Any, server_redis_url: str
+) -> None:
     settings = make_settings(redis_url=server_redis_url)
     healthy = await Runtime.open(settings, server_redis_url)
     dying_client = DyingRedis.from_url(server_redis_url)

@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import aiohttp
+from comfyflow_apikey.keys import parse_key
 
 from comfyflow.api.auth_cache import PrincipalCache
 from comfyflow.models import Principal, Role
-from comfyflow_apikey.keys import parse_key
 from tests.auth.conftest import auth
 
 ALICE = Principal(id="u_alice", role=Role.PRO, key_id="k1")
