@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from comfyflow.core.store import JobStore, _pairs, job_from_hash
+from comfyflow.core.store import JobStore, _pairs, compact_json, job_from_hash
 from comfyflow.errors import ValidationError
 from comfyflow.models import JOB_REQUEST, Job, JobState, Priority
 
@@ -228,7 +229,7 @@ class BatchStore:
             "cancel": "0",
         }
         staging, order = self.keys.batch_staging(batch_id), self.keys.batch_order(batch_id)
-        ids = [uuid.uuid4().hex for _ in requests]
+        ids = [os.urandom(16).hex() for _ in requests]
         # 1. Stage: every item's fields, invisible (no job key, queue entry or index names them) and expiring.
         pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(requests), STAGE_CHUNK):
@@ -236,7 +237,7 @@ class BatchStore:
             part = zip(ids[start : start + STAGE_CHUNK], requests[start : start + STAGE_CHUNK], strict=True)
             for job_id, request in part:
                 fields = self.store.job_fields(request, owner=owner, job_id=job_id, now=now, extra=extra)
-                chunk[job_id] = json.dumps([str(v) for v in _pairs(fields)], separators=(",", ":"))
+                chunk[job_id] = compact_json([str(v) for v in _pairs(fields)])
             pipe.hset(staging, mapping=chunk)
             pipe.rpush(order, *ids[start : start + STAGE_CHUNK])
         pipe.expire(staging, STAGING_TTL_SECONDS)

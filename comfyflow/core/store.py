@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 from redis.asyncio import Redis
 
 from comfyflow.core.keys import GROUP, PRIORITIES, Keys
@@ -112,11 +113,19 @@ def job_from_hash(raw: dict[str, str]) -> Job:
     )
 
 
+def compact_json(value: Any) -> str:
+    """Compact JSON text (orjson; the standard library for what orjson refuses, e.g. integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), default=str)
+
+
 def _pairs(fields: dict[str, Any]) -> list[Any]:
     out: list[Any] = []
     for name, value in fields.items():
         if name in JSON_FIELDS and not isinstance(value, str):
-            value = json.dumps(value, separators=(",", ":"), default=str)
+            value = compact_json(value)
         out += [name, value]
     return out
 
@@ -194,7 +203,7 @@ class JobStore:
         args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400, depth,
                 rl_limit, rl_window, rl_member]  # fmt: skip
         # the fields as one argument: packing 40 arguments costs the client more than one JSON string
-        res = await self.scripts.run("submit", keys, [*args, json.dumps([str(v) for v in _pairs(fields)])])
+        res = await self.scripts.run("submit", keys, [*args, compact_json([str(v) for v in _pairs(fields)])])
         outcome = _s(res[0])
         rate = None if int(res[1]) < 0 else (int(res[1]) == 1, int(res[2]), int(res[3]))
         detail = _s(res[4]) if len(res) > 4 else ""
