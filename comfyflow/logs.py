@@ -139,6 +139,7 @@ def configure(level: str = "INFO", fmt: str = "auto", *, stream: IO[str] | None 
 
 
 _json_handler: logging.Handler | None = None
+_loggers: dict[str, logging.Logger] = {}  # getLogger takes the logging module's lock on every call
 
 
 def write_json(
@@ -153,7 +154,10 @@ def write_json(
     handler = _json_handler
     if handler is None or not isinstance(handler, logging.StreamHandler):
         return False
-    if not logging.getLogger(logger).isEnabledFor(level):
+    lg = _loggers.get(logger)
+    if lg is None:
+        lg = _loggers[logger] = logging.getLogger(logger)
+    if not lg.isEnabledFor(level):
         return True
     line = {
         k: redact_text(v) if isinstance(v, str) and (redacted is None or k in redacted) else v
