@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -199,6 +200,7 @@ async def scenario(name: str, items: int, url: str) -> dict[str, Any]:
     finally:
         await cleanup(url, prefix)
         await rt.aclose()
+        shutil.rmtree(home, ignore_errors=True)
     return out
 
 
