@@ -67,11 +67,15 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Jobs this process runs at once (0 = API only).")] = None,
     simulate: Annotated[bool, typer.Option(help="Also start the fake ComfyUI and render on it.")] = False,
     render_time: Annotated[float, typer.Option(help="With --simulate: seconds per prompt.")] = 2.0,
+    api_processes: Annotated[
+        int | None, typer.Option(help="API server processes on the port (default COMFYFLOW_API_PROCESSES, 1).")
+    ] = None,
 ) -> None:
     """Serve the API with embedded job workers and services: one command for a working service."""
     import threading
 
-    from comfyflow.api.app import create_app
+    from comfyflow.api.app import first_process
+    from comfyflow.api.serving import serve as serve_api
     from comfyflow.testing.api_server import free_port
 
     overrides: dict[str, Any] = {}
@@ -79,6 +83,8 @@ def serve(
         overrides["api_host"] = host
     if port:
         overrides["api_port"] = port
+    if api_processes:
+        overrides["api_processes"] = api_processes
     if simulate:
         from comfyflow.testing.fake_comfyui import run as run_fake
 
@@ -87,19 +93,20 @@ def serve(
         overrides["backends"] = [f"http://127.0.0.1:{sim_port}"]
     settings = _settings(**overrides)
     run_workers = workers != 0
-    app = create_app(settings, run_worker=run_workers, worker_concurrency=workers or None)
     base = f"http://{settings.api_host}:{settings.api_port}"
 
-    @app.before_server_start
     async def _bootstrap(app: Any) -> None:
         from comfyflow.api.admin import bootstrap_first_key, bootstrap_message
 
+        if not first_process():  # with --api-processes N, the first process bootstraps and prints the banner
+            return
         key = await bootstrap_first_key(app.ctx.rt)
         if key:
             app.ctx.bootstrap_message = bootstrap_message(key, base)
 
-    @app.after_server_start
     async def _banner(app: Any) -> None:
+        if not first_process():
+            return
         lines = [f"comfyflow API on {base} (docs {base}/docs)"]
         if simulate:
             lines.append(f"fake ComfyUI on {settings.backends[0]} (render time {render_time}s)")
@@ -109,12 +116,19 @@ def serve(
         if prefect:
             lines.append(f"Prefect UI on {prefect.removesuffix('/api')}")
         lines.append(f"job workers: {'on' if run_workers else 'off'}; Ctrl-C stops gracefully")
+        if settings.api_processes > 1:
+            lines.append(f"API processes: {settings.api_processes}")
         bootstrap = getattr(app.ctx, "bootstrap_message", None)
         if bootstrap:
             lines.append(bootstrap)
         console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
 
-    app.run(host=settings.api_host, port=settings.api_port, single_process=True, access_log=False, motd=False)
+    def configure(app: Any) -> None:
+        app.before_server_start(_bootstrap)
+        app.after_server_start(_banner)
+
+    serve_api(settings, host=settings.api_host, port=settings.api_port, run_worker=run_workers,
+              worker_concurrency=workers or None, configure=configure)  # fmt: skip
 
 
 @app.command()

@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 from typing import IO, Any
 
+import orjson
 import structlog
 
 SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|token|secret|password|passwd|cookie|credential)", re.I)
@@ -124,6 +126,8 @@ def configure(level: str = "INFO", fmt: str = "auto", *, stream: IO[str] | None 
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.set_name("comfyflow")
+    global _json_handler
+    _json_handler = handler if fmt == "json" else None
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "comfyflow"]:
         root.removeHandler(old)
@@ -132,6 +136,42 @@ def configure(level: str = "INFO", fmt: str = "auto", *, stream: IO[str] | None 
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level)))
     route_framework_loggers()
+
+
+_json_handler: logging.Handler | None = None
+_loggers: dict[str, logging.Logger] = {}  # getLogger takes the logging module's lock on every call
+
+
+def write_json(
+    logger: str, level: int, event: str, fields: dict[str, Any], *, redacted: tuple[str, ...] | None = None
+) -> bool:
+    """Write one JSON log line straight to comfyflow's handler, without structlog's processor chain: for lines
+    logged on every request. The caller passes every field the line needs (no context variables are merged);
+    strings are redacted like any line's (only the fields named in ``redacted``, when given: the caller vouches
+    that the others are fixed vocabulary or ids). Returns False (write nothing) when logging is not configured for JSON;
+    True when the line was written or its level is off.
+    """
+    handler = _json_handler
+    if handler is None or not isinstance(handler, logging.StreamHandler):
+        return False
+    lg = _loggers.get(logger)
+    if lg is None:
+        lg = _loggers[logger] = logging.getLogger(logger)
+    if not lg.isEnabledFor(level):
+        return True
+    line = {
+        k: redact_text(v) if isinstance(v, str) and (redacted is None or k in redacted) else v
+        for k, v in fields.items()
+    }
+    line.update(event=event, logger=logger, level=logging.getLevelName(level).lower(),
+                timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z"))  # fmt: skip
+    text = orjson.dumps(line, default=str).decode() + "\n"
+    handler.acquire()
+    try:
+        handler.stream.write(text)
+    finally:
+        handler.release()
+    return True
 
 
 def configured() -> bool:
@@ -157,6 +197,8 @@ def route_framework_loggers() -> None:
 
 def reset() -> None:
     """Undo :func:`configure` (tests)."""
+    global _json_handler
+    _json_handler = None
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "comfyflow"]:
         root.removeHandler(old)

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # --- API ------------------------------------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(default=8000, ge=1, le=65535)
+    api_processes: int = Field(
+        default=1, ge=1, le=64, description="API server processes (Sanic workers) on one port; `serve --api-processes`."
+    )
     public_url: str | None = Field(
         default=None, description="Base URL clients reach the API at (for links); unset = http://<api_host>:<api_port>."
     )

@@ -2,11 +2,13 @@
 
 ``request_id`` is bound for every line logged while the request is handled, and ``principal`` (the caller's
 id, never a credential) once authentication has run. The path is logged without its query string, which can
-carry link signatures.
+carry link signatures. With JSON logs, the access line of a request that did not fail is written without
+structlog's processor chain (``logs.write_json``): the same fields, for a fraction of the cost.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import structlog
@@ -42,6 +44,13 @@ async def _access(request: Request, response: HTTPResponse) -> None:
         "duration_s": round(time.perf_counter() - started, 4) if started is not None else None,
         "request_id": getattr(request.ctx, "request_id", None),
     }
+    if response.status < 500 and route not in QUIET_ROUTES:
+        principal = getattr(request.ctx, "principal", None)
+        if principal is not None:
+            fields["principal"] = principal.id
+        # JSON: the cheap path. method, route and status are fixed vocabulary, principal an id
+        if logs.write_json("comfyflow.api", logging.INFO, "request", fields, redacted=("path", "request_id")):
+            return
     if response.status >= 500:
         log.warning("request", **fields)
     elif route in QUIET_ROUTES:

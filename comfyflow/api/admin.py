@@ -25,6 +25,16 @@ from comfyflow.plugins.auth import KeyAdmin
 bp = Blueprint("admin", url_prefix="/api/v1")
 
 
+@bp.on_response
+async def _forget_principals(request: Request, response: HTTPResponse) -> None:
+    """A key or user changed through this process: authenticated principals cached here are stale at once."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    for cache in (getattr(request.app.ctx.policy, name, None) for name in ("principals", "recorded_limits")):
+        if cache is not None:
+            cache.clear()
+
+
 class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

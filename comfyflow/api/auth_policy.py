@@ -16,9 +16,10 @@ from typing import Any
 import structlog
 from sanic import Request
 
+from comfyflow.api.auth_cache import PrincipalCache, Recently
 from comfyflow.auth_settings import RoleLimits
 from comfyflow.core.owners import set_owner_limits
-from comfyflow.core.ratelimit import RateLimiter
+from comfyflow.core.ratelimit import Decision, RateLimiter
 from comfyflow.core.runtime import Runtime
 from comfyflow.errors import ConfigError, Forbidden, RateLimited, Unauthorized, ValidationError
 from comfyflow.models import Principal, RawGraphRequest, Role
@@ -28,9 +29,28 @@ from comfyflow.settings import Settings
 
 log = structlog.get_logger("comfyflow.auth")
 
+#: Routes (method, pattern) whose request is counted against the rate limit in the same Redis round trip as their
+#: own work (the submit script; a pipeline with the job's HGETALL); on their error paths before that, by
+#: :meth:`AuthPolicy.count_request` (so every request counts).
+DEFERRED_RATE_LIMIT = frozenset({("POST", "api/v1/jobs"), ("GET", "api/v1/jobs/<job_id:str>")})
 UNAUTHORIZED = "Missing or invalid credentials; send 'Authorization: Bearer <API key>'."
 WWW_AUTHENTICATE = 'Bearer realm="comfyflow"'
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def apply_rate_decision(request: Request, principal: Principal, decision: Decision) -> None:
+    """Put the X-RateLimit-* headers on the response; raise RateLimited when the request was refused."""
+    extra = getattr(request.ctx, "extra_headers", None)
+    if extra is None:
+        extra = request.ctx.extra_headers = {}
+    extra.update(decision.headers())
+    if not decision.allowed:
+        raise RateLimited(
+            f"More than {decision.limit} requests per minute for role {principal.role.value}; retry in "
+            f"{max(1, round(decision.reset_seconds))} s.",
+            retry_after=decision.reset_seconds,
+            details={"limit": decision.limit, "window_seconds": 60, "role": principal.role.value},
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -104,6 +124,10 @@ class AuthPolicy:
         self.keys = runtime.store.keys
         self.ratelimiter = RateLimiter(runtime.redis, runtime.store.keys)
         self.allowlist = frozenset(settings.graph_node_allowlist)
+        #: Principals reused for a second (revocations elsewhere take effect within it); see api/auth_cache.py.
+        self.principals = PrincipalCache()
+        #: The running-job limit and role last recorded per owner (renewed in Redis once a minute at most).
+        self.recorded_limits = Recently(60.0)
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> AuthPolicy:
@@ -126,21 +150,39 @@ class AuthPolicy:
         limits = self.limits(principal)
         request.ctx.url_ttl = limits.url_ttl_seconds
         if limits.requests_per_minute is not None:
-            decision = await self.ratelimiter.hit(principal.id, limits.requests_per_minute)
-            extra.update(decision.headers())
-            if not decision.allowed:
-                raise RateLimited(
-                    f"More than {decision.limit} requests per minute for role {principal.role.value}; retry in "
-                    f"{max(1, round(decision.reset_seconds))} s.",
-                    retry_after=decision.reset_seconds,
-                    details={"limit": decision.limit, "window_seconds": 60, "role": principal.role.value},
-                )
+            route = getattr(request, "route", None)
+            if route is not None and (request.method, str(route.path).strip("/")) in DEFERRED_RATE_LIMIT:
+                request.ctx.rate_limit = limits.requests_per_minute  # counted by the route, with its own work
+            else:
+                await self.count_request(request, principal)
         return principal
+
+    async def count_request(
+        self, request: Request, principal: Principal, read: str | None = None
+    ) -> dict[str, str] | None:
+        """Count one request against the caller's rate limit (raises RateLimited when over it). With ``read``,
+        the hash at that key is read in the same script (one round trip) and returned."""
+        limit = self.limits(principal).requests_per_minute
+        if limit is None:
+            return await self._read(read) if read is not None else None
+        if read is None:
+            apply_rate_decision(request, principal, await self.ratelimiter.hit(principal.id, limit))
+            return None
+        decision, raw = await self.ratelimiter.hit_and_read(principal.id, limit, read)
+        apply_rate_decision(request, principal, decision)
+        return raw
+
+    async def _read(self, key: str) -> dict[str, str]:
+        raw: dict[Any, Any] = await self.redis.hgetall(key)  # type: ignore[misc]
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def identify(self, headers: Any, extra_headers: dict[str, str] | None = None) -> Principal:
         """The principal the headers name, or Unauthorized with the one message for every bad credential."""
         if len(headers.getall("authorization", [])) > 1:
             return self._refuse(extra_headers, "several Authorization headers")
+        credential = headers.get("authorization")
+        if credential and (cached := self.principals.get(credential)) is not None:
+            return cached
         plain = {k.lower(): v for k, v in headers.items()}
         for plugin in self.plugins:
             try:
@@ -148,6 +190,8 @@ class AuthPolicy:
             except Unauthorized as exc:
                 return self._refuse(extra_headers, f"{plugin.scheme}: {exc.message}")
             if principal is not None:
+                if credential:
+                    self.principals.put(credential, principal)
                 return principal
         return self._refuse(extra_headers, "no credentials" if "authorization" not in plain else "unknown scheme")
 
@@ -170,9 +214,10 @@ class AuthPolicy:
             self.check_graph(request.workflow, limits)
         else:
             self._check_size(limits, principal.role, "batch_size", request.batch_size, request.width, request.height)
-        await set_owner_limits(
-            self.redis, self.keys, principal.id, max_running=limits.concurrent_jobs, role=principal.role.value
-        )
+        recorded = (limits.concurrent_jobs, principal.role.value)
+        if not self.recorded_limits.fresh(principal.id, recorded):  # a Redis round trip a minute, not per submit
+            await set_owner_limits(self.redis, self.keys, principal.id, max_running=recorded[0], role=recorded[1])
+            self.recorded_limits.put(principal.id, recorded)
 
     def check_graph(self, workflow: dict[str, Any], limits: RoleLimits) -> None:
         """Node classes on the allow-list (422), no paths in inputs (422), sizes within the role's limits (403)."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import uuid
 from typing import Any
 
 from sanic import Request
@@ -39,11 +39,11 @@ class TooLarge(ComfyflowError):
 async def assign_request_id(request: Request) -> None:
     """Take a well-formed X-Request-ID from the client, or make one."""
     given = request.headers.get("x-request-id", "")
-    request.ctx.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    request.ctx.request_id = given if given and REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
 async def add_headers(request: Request, response: HTTPResponse) -> None:
-    rid = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
+    rid = getattr(request.ctx, "request_id", None) or os.urandom(16).hex()
     response.headers["X-Request-ID"] = rid
     response.headers["X-Comfyflow-Version"] = __version__
     response.headers["X-API-Version"] = "v1"

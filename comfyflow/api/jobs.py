@@ -10,9 +10,13 @@ from typing import Any
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from comfyflow.api.auth_policy import apply_rate_decision
 from comfyflow.api.errors import envelope
 from comfyflow.api.http import json_body, query_int
-from comfyflow.api.views import job_view
+from comfyflow.api.views import fast_job_view, job_view
+from comfyflow.core.ratelimit import Decision
+from comfyflow.core.store import job_from_hash
+from comfyflow.core.submission import RateCount, Submitted
 from comfyflow.core.webhooks.targets import check_target
 from comfyflow.errors import Conflict, NotFound, ValidationError
 from comfyflow.models import Job, JobState, Principal, parse_request
@@ -38,40 +42,71 @@ async def own_job(request: Request, job_id: str) -> Job:
     return job
 
 
-async def _submit(request: Request) -> tuple[Job, bool]:
-    body = json_body(request, max_bytes=request.app.ctx.settings.max_body_bytes)
-    req = parse_request(body)
+async def _submit(request: Request) -> Submitted:
+    """Validate once, then one Redis round trip (rate limit, idempotency, admission, quota, job) for the job."""
+    policy = request.app.ctx.policy
     principal = request.ctx.principal
-    await request.app.ctx.policy.check_request(principal, req)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not IDEMPOTENCY_KEY.match(key):
-        raise ValidationError(
-            "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
-            details=[{"field": "Idempotency-Key", "value": key[:64]}],
-        )
-    if req.webhook:  # refused at once when it points at a private address (checked again at each delivery)
-        await check_target(req.webhook, request.app.ctx.settings.webhooks.allow_networks)
-    limit, day = await request.app.ctx.policy.daily_limit(principal)
-    sub = await request.app.ctx.submitter.submit(
-        req, owner=principal.id, idempotency_key=key, idempotency_scope=idempotency_scope(principal),
-        daily_limit=limit, day=day,
-        extra={**request.app.ctx.policy.job_fields(principal), "request_id": request.ctx.request_id},
-    )
-    return sub.job, sub.replayed
+    limit_rpm = getattr(request.ctx, "rate_limit", None)  # deferred by the policy to the submit script
+    rate = RateCount(limit_rpm) if limit_rpm is not None else None
+    try:
+        body = json_body(request, max_bytes=request.app.ctx.settings.max_body_bytes)
+        req = parse_request(body)
+        await policy.check_request(principal, req)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not IDEMPOTENCY_KEY.match(key):
+            raise ValidationError(
+                "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
+                details=[{"field": "Idempotency-Key", "value": key[:64]}],
+            )
+        if req.webhook:  # refused at once when it points at a private address (checked again at each delivery)
+            await check_target(req.webhook, request.app.ctx.settings.webhooks.allow_networks)
+        limit, day = await policy.daily_limit(principal)
+        sub = await request.app.ctx.submitter.submit(
+            req, owner=principal.id, idempotency_key=key, idempotency_scope=idempotency_scope(principal),
+            daily_limit=limit, day=day, rate_limit=rate,
+            extra={**policy.job_fields(principal), "request_id": request.ctx.request_id},
+        )  # fmt: skip
+    except Exception:  # ComfyflowError, pydantic.ValidationError, RateLimitedSubmit, ...: the request counts
+        if rate is not None:
+            if rate.rate is None:  # refused before the script counted the request: count it now (429 first)
+                await policy.count_request(request, principal)
+            else:
+                apply_rate_decision(request, principal, _decision(rate.limit, rate.rate))
+        raise
+    if rate is not None and rate.rate is not None:
+        apply_rate_decision(request, principal, _decision(rate.limit, rate.rate))
+    return sub
+
+
+def _decision(limit: int, rate: tuple[bool, int, int]) -> Decision:
+    allowed, remaining, reset_ms = rate
+    return Decision(allowed, limit, remaining, reset_ms / 1000)
 
 
 @bp.post("/jobs")
 async def create_job(request: Request) -> HTTPResponse:
-    job, replayed = await _submit(request)
-    headers = {"Location": f"/api/v1/jobs/{job.job_id}"}
-    if replayed:
+    sub = await _submit(request)
+    headers = {"Location": f"/api/v1/jobs/{sub.raw['id']}"}
+    if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return json(await job_view(request, job), status=202, headers=headers)
+    view = fast_job_view(request, sub.raw) or await job_view(request, sub.job)
+    return json(view, status=202, headers=headers)
 
 
 @bp.get("/jobs/<job_id:str>")
 async def get_job(request: Request, job_id: str) -> HTTPResponse:
-    return json(await job_view(request, await own_job(request, job_id)))
+    """The job: one round trip (its HGETALL, with the rate limit count when there is one); the view is built
+    straight from the hash unless the job has artifacts to link."""
+    store = request.app.ctx.rt.store
+    raw: dict[str, str] = {}
+    if getattr(request.ctx, "rate_limit", None) is not None:  # deferred by the policy: counted with the read
+        read = store.keys.job(job_id) if JOB_ID.match(job_id) else None
+        raw = await request.app.ctx.policy.count_request(request, request.ctx.principal, read) or {}
+    elif JOB_ID.match(job_id):
+        raw = await store.raw(job_id)
+    if not raw or raw.get("owner", "local") != request.ctx.principal.id:
+        raise NotFound(f"No job {job_id!r} among yours.", details={"job_id": job_id})
+    return json(fast_job_view(request, raw) or await job_view(request, job_from_hash(raw)))
 
 
 def _cursor(score: float, job_id: str) -> str:
@@ -190,7 +225,7 @@ async def generate(request: Request) -> HTTPResponse:
     timeout, 504 with the job id, and the job keeps running."""
     limit = request.app.ctx.settings.sync_timeout_seconds
     timeout = float(query_int(request, "timeout", int(limit), lo=1, hi=int(limit)))
-    job, _ = await _submit(request)
+    job = (await _submit(request)).job
     done = await wait_terminal(request, job.job_id, timeout=timeout)
     if done is None:
         return envelope(

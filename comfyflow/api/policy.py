@@ -25,6 +25,14 @@ class Policy(Protocol):
         """Raises Forbidden/ValidationError when this caller may not submit this request."""
         ...
 
+    async def count_request(
+        self, request: Request, principal: Principal, read: str | None = None
+    ) -> dict[str, str] | None:
+        """Count a request whose rate limit the policy deferred to its route (``request.ctx.rate_limit``).
+        ``read``: a Redis hash the route reads, read in the same round trip and returned.
+        Raises RateLimited when over the limit."""
+        ...
+
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:
         """(daily job limit or None for unlimited, the UTC day it counts against)."""
         ...
@@ -43,6 +51,11 @@ class OpenPolicy:
         return LOCAL
 
     async def check_request(self, principal: Principal, request: Any) -> None:
+        return None
+
+    async def count_request(
+        self, request: Request, principal: Principal, read: str | None = None
+    ) -> dict[str, str] | None:
         return None
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:

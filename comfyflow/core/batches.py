@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,12 +20,19 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from comfyflow.core.store import JobStore, _pairs, job_from_hash
+from comfyflow.core.store import JobStore, _pairs, compact_json, job_from_hash
 from comfyflow.errors import ValidationError
 from comfyflow.models import JOB_REQUEST, Job, JobState, Priority
 
 #: How many job scripts one pipeline round trip carries when cancelling or retrying a batch's items.
 CHUNK = 500
+#: Items staged per HSET, and released per script: each script stays well under 50 ms of Redis time.
+STAGE_CHUNK = 200
+RELEASE_CHUNK = 200
+#: A release script stops after this many ms of its own run time (the rest goes in the next one).
+RELEASE_BUDGET_MS = 10
+#: Staged items of a batch never committed (its API process died) expire after this long.
+STAGING_TTL_SECONDS = 600
 MAX_LABELS = 20
 Label = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -227,29 +235,39 @@ class BatchStore:
         }
         if sweep:
             record["sweep"] = json.dumps(sweep, separators=(",", ":"))
-        args: list[Any] = []
-        for request in requests:
-            job_id = uuid.uuid4().hex
-            pairs = _pairs(self.store.job_fields(request, owner=owner, job_id=job_id, now=now, extra=extra))
-            args += [job_id, len(pairs), *pairs]
+        staging, order = self.keys.batch_staging(batch_id), self.keys.batch_order(batch_id)
+        ids = [os.urandom(16).hex() for _ in requests]
+        # 1. Stage: every item's fields, invisible (no job key, queue entry or index names them) and expiring.
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(requests), STAGE_CHUNK):
+            chunk: dict[Any, Any] = {}
+            part = zip(ids[start : start + STAGE_CHUNK], requests[start : start + STAGE_CHUNK], strict=True)
+            for job_id, request in part:
+                fields = self.store.job_fields(request, owner=owner, job_id=job_id, now=now, extra=extra)
+                chunk[job_id] = compact_json([str(v) for v in _pairs(fields)])
+            pipe.hset(staging, mapping=chunk)
+            pipe.rpush(order, *ids[start : start + STAGE_CHUNK])
+        pipe.expire(staging, STAGING_TTL_SECONDS)
+        pipe.expire(order, STAGING_TTL_SECONDS)
+        await pipe.execute()
+        # 2. Commit (a short script whatever the size): from here on the batch exists, all of it.
         batch_pairs = [v for kv in record.items() for v in kv]
         idem_key, fingerprint = idempotency or (f"{self.keys.prefix}:idem:none", "")
         quota_key, limit = daily_quota or (f"{self.keys.prefix}:quota:none", -1)
         keys = [
             self.keys.batch(batch_id),
-            self.keys.batch_items(batch_id),
             self.keys.batch_counts(batch_id),
-            self.keys.notify,
-            self.keys.owner_jobs(owner),
             self.keys.owner_batches(owner),
             quota_key,
             idem_key,
             self.keys.batch_backlog,
             self.keys.runs,
+            staging,
+            order,
         ]
         head = [self.keys.prefix, repr(now), limit, 2 * 86400, fingerprint,
-                self.store.settings.idempotency_ttl_seconds, len(requests), len(batch_pairs)]  # fmt: skip
-        res = await self.store.scripts.run("batch_submit", keys, head + batch_pairs + args)
+                self.store.settings.idempotency_ttl_seconds, len(requests), STAGING_TTL_SECONDS]  # fmt: skip
+        res = await self.store.scripts.run("batch_submit", keys, head + batch_pairs)
         outcome = _s(res[0])
         if outcome == "quota":
             return Created(outcome, batch_id, int(_s(res[1])))
@@ -257,7 +275,26 @@ class BatchStore:
             return Created(outcome, _s(res[1]))
         if outcome != "ok":
             raise RuntimeError(f"batch {batch_id} was not created: {outcome}")
+        # 3. Release the items as queued jobs, a chunk per script, so Redis serves everyone else in between.
+        await self.release(batch_id)
         return Created(outcome, batch_id)
+
+    async def release(self, batch_id: str, *, chunk: int | None = None) -> None:
+        """Turn a committed batch's staged items into queued jobs, a chunk at a time, until none is left.
+
+        The API does it right after the commit; a batch's watcher does it too, which finishes the work of an API
+        process that died in between. Several processes may release one batch at once: each chunk is taken once.
+        """
+        keys = [
+            self.keys.batch(batch_id),
+            self.keys.batch_staging(batch_id),
+            self.keys.batch_order(batch_id),
+            self.keys.batch_items(batch_id),
+            self.keys.notify,
+        ]
+        args = [self.keys.prefix, chunk or RELEASE_CHUNK, RELEASE_BUDGET_MS]
+        while int(await self.store.scripts.run("batch_release", keys, args)) > 0:
+            pass
 
     async def get(self, batch_id: str) -> Batch | None:
         """The batch with its counts (two reads, whatever its size); marks it finished when it is."""
@@ -330,6 +367,7 @@ class BatchStore:
     async def cancel(self, batch_id: str) -> dict[str, int]:
         """Cancel every item not finished yet: queued ones at once, running ones are interrupted by their
         worker. Returns how many items each outcome had ("canceled", "requested", and terminal states)."""
+        await self.release(batch_id)  # items still staged (their API process died mid-release) are jobs first
         await self.redis.hset(self.keys.batch(batch_id), "cancel", "1")
         return await self._each_item(batch_id, "cancel", lambda jid: self.store.cancel_call(jid), None)
 

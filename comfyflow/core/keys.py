@@ -97,6 +97,14 @@ class Keys:
         """Hash of job state -> number of the batch's items in it (kept by lib.lua ``count``: keep in step)."""
         return f"{self.prefix}:batch:{batch_id}:counts"
 
+    def batch_staging(self, batch_id: str) -> str:
+        """Hash of job id -> job fields (JSON) of a batch's items not released yet (core/batches.py)."""
+        return f"{self.prefix}:batch:{batch_id}:staging"
+
+    def batch_order(self, batch_id: str) -> str:
+        """List of the job ids of a batch's items not released yet, in submission order."""
+        return f"{self.prefix}:batch:{batch_id}:order"
+
     @property
     def batch_backlog(self) -> str:
         """Number of batch items queued now, over all batches (kept by lib.lua ``count``: keep in step)."""

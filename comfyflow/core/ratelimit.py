@@ -7,9 +7,10 @@ and on every API host (the window runs on the Redis server's clock).
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -47,6 +48,21 @@ class RateLimiter:
         Args:
             now: the time in seconds (tests); None = the Redis server's clock.
         """
-        args = ["" if now is None else str(int(now * 1000)), str(limit), str(self.window_ms), uuid.uuid4().hex]
-        allowed, remaining, reset_ms = await self._script(keys=[self.keys.ratelimit(owner)], args=args)
+        args = ["" if now is None else str(int(now * 1000)), str(limit), str(self.window_ms), os.urandom(8).hex()]
+        return self.decision(await self._script(keys=[self.keys.ratelimit(owner)], args=args), limit)
+
+    async def hit_and_read(self, owner: str, limit: int, key: str) -> tuple[Decision, dict[str, str]]:
+        """Count one request and read the hash at ``key`` in the same script (one round trip)."""
+        args = ["", str(limit), str(self.window_ms), os.urandom(8).hex()]
+        reply = await self._script(keys=[self.keys.ratelimit(owner), key], args=args)
+        flat = reply[3] or []
+        return self.decision(reply[:3], limit), {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+    @staticmethod
+    def decision(reply: Any, limit: int) -> Decision:
+        allowed, remaining, reset_ms = reply[:3]
         return Decision(bool(int(allowed)), limit, int(remaining), int(reset_ms) / 1000)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

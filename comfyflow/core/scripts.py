@@ -21,10 +21,9 @@ NAMES = (
     "retry",
     "promote",
     "slot_acquire",
-    "idem_begin",
-    "idem_abort",
     "expire",
     "batch_submit",
+    "batch_release",
     "run_claim",
     "run_beat",
 )

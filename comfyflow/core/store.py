@@ -8,13 +8,14 @@ overwrite a newer attempt: its write is refused and it learns it lost the job.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 from redis.asyncio import Redis
 
 from comfyflow.core.keys import GROUP, PRIORITIES, Keys
@@ -39,8 +40,29 @@ class Claim:
 
 @dataclass(frozen=True)
 class SubmitOutcome:
+    """What the submit script decided: ``outcome`` is "ok", "existing", "mismatch", "quota", "overloaded",
+    "ratelimited" or "exists"; ``raw`` is the job's hash for "ok" and "existing" (read in the same round trip)."""
+
     outcome: str
-    job: Job | None
+    raw: dict[str, str] | None = None
+    #: The job id (existing, mismatch), the queue depth (overloaded) or the count used (quota).
+    detail: str = ""
+    #: (allowed, remaining, reset in ms) of the request rate limit, when one was given.
+    rate: tuple[bool, int, int] | None = None
+
+    @property
+    def job(self) -> Job | None:
+        return job_from_hash(self.raw) if self.raw else None
+
+
+@dataclass(frozen=True)
+class SubmitLimits:
+    """What the submit script enforces besides the job itself (each part optional)."""
+
+    #: Refuse when this many interactive jobs wait (COMFYFLOW_MAX_QUEUE_DEPTH); None = no admission check.
+    max_depth: int | None = None
+    #: (ratelimit key, requests per window, window ms, member): one request counted in a sliding window.
+    rate_limit: tuple[str, int, int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +74,7 @@ class QueueMessage:
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -91,11 +113,19 @@ def job_from_hash(raw: dict[str, str]) -> Job:
     )
 
 
+def compact_json(value: Any) -> str:
+    """Compact JSON text (orjson; the standard library for what orjson refuses, e.g. integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), default=str)
+
+
 def _pairs(fields: dict[str, Any]) -> list[Any]:
     out: list[Any] = []
     for name, value in fields.items():
         if name in JSON_FIELDS and not isinstance(value, str):
-            value = json.dumps(value, separators=(",", ":"), default=str)
+            value = compact_json(value)
         out += [name, value]
     return out
 
@@ -133,22 +163,29 @@ class JobStore:
         extra: dict[str, Any] | None = None,
         idempotency: tuple[str, str] | None = None,
         daily_quota: tuple[str, int] | None = None,
+        limits: SubmitLimits | None = None,
+        body: dict[str, Any] | None = None,
     ) -> SubmitOutcome:
-        """Create a queued job for a validated request (a pydantic model), atomically with the idempotency
-        record and the daily quota count.
+        """Create a queued job for a validated request (a pydantic model) in one round trip, atomically with the
+        request rate limit, the idempotency record, the admission check and the daily quota count.
 
         Args:
             idempotency: (redis key, body fingerprint), or None.
             daily_quota: (counter key, limit), or None for unlimited.
+            limits: admission, request rate limit and the owner's running limit (see :class:`SubmitLimits`).
+            body: ``request.model_dump(mode="json")`` when the caller has it already.
         Returns:
-            outcome "ok" (created), "existing" (same key and body), "mismatch" (same key, other body), "quota"
-            (limit reached), with the job when there is one.
+            The script's outcome, with the job as the script read it back (no second round trip).
         """
         job_id = job_id or new_job_id()
         now = self.clock()
-        fields = self.job_fields(request, owner=owner, job_id=job_id, now=now, max_attempts=max_attempts, extra=extra)
+        fields = self.job_fields(
+            request, owner=owner, job_id=job_id, now=now, max_attempts=max_attempts, extra=extra, body=body
+        )
+        limits = limits or SubmitLimits()
         idem_key, fingerprint = idempotency or (f"{self.keys.prefix}:idem:none", "")
         quota_key, limit = daily_quota or (f"{self.keys.prefix}:quota:none", -1)
+        rl_key, rl_limit, rl_window, rl_member = limits.rate_limit or (f"{self.keys.prefix}:rl:none", -1, 0, "")
         keys = [
             self.keys.job(job_id),
             self.keys.notify,
@@ -156,14 +193,23 @@ class JobStore:
             self.keys.events(job_id),
             idem_key,
             quota_key,
+            rl_key,
+            self.keys.batch_backlog,
+            *(self.keys.queue(p) for p in PRIORITIES),
         ]
-        args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400]
-        res = await self.scripts.run("submit", keys, args + _pairs(fields))
+        depth = -1 if limits.max_depth is None else limits.max_depth
+        args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400, depth,
+                rl_limit, rl_window, rl_member]  # fmt: skip
+        # the fields as one argument: packing 40 arguments costs the client more than one JSON string
+        res = await self.scripts.run("submit", keys, [*args, compact_json([str(v) for v in _pairs(fields)])])
         outcome = _s(res[0])
-        if outcome in ("existing", "mismatch"):
-            job_id = _s(res[1])
-        job = await self.get(job_id) if outcome != "quota" else None
-        return SubmitOutcome(outcome, job)
+        rate = None if int(res[1]) < 0 else (int(res[1]) == 1, int(res[2]), int(res[3]))
+        detail = _s(res[4]) if len(res) > 4 else ""
+        raw = None
+        if outcome in ("ok", "existing") and len(res) > 5 and res[5]:
+            flat = res[5]
+            raw = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+        return SubmitOutcome(outcome, raw, detail, rate)
 
     def job_fields(
         self,
@@ -174,9 +220,10 @@ class JobStore:
         now: float,
         max_attempts: int | None = None,
         extra: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The hash of a new queued job (shared by ``submit`` and the bulk submit of batches)."""
-        body = request.model_dump(mode="json")
+        body = body if body is not None else request.model_dump(mode="json")
         return {
             "id": job_id,
             "state": JobState.QUEUED.value,

@@ -1,32 +1,31 @@
-"""Submitting work: admission control, Idempotency-Key, daily quota and enqueue (DESIGN decision 6).
+"""Submitting work: admission control, Idempotency-Key, daily quota, rate limit and enqueue (DESIGN decision 6),
+in one Redis round trip (``lua/submit.lua``).
 
-Answers from Redis alone; Prefect being down does not stop a submission.
+Answers from Redis alone; Prefect being down does not stop a submission. Nothing is written before the one
+script runs, so an API process killed at any point leaves either no trace or the whole job: a retry with the same
+Idempotency-Key is answered at once (created, or replayed), never "still in progress".
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from comfyflow.core.queue import queue_depth
 from comfyflow.core.runtime import Runtime
-from comfyflow.errors import (
-    IdempotencyConflict,
-    IdempotencyInFlight,
-    Overloaded,
-    QuotaExceeded,
-    ValidationError,
-)
+from comfyflow.core.store import SubmitLimits, job_from_hash
+from comfyflow.errors import IdempotencyConflict, Overloaded, QuotaExceeded, ValidationError
 from comfyflow.models import Img2ImgRequest, Job
 
-PENDING_TTL_MS = 60_000
+RATE_WINDOW_MS = 60_000
 
 
-def fingerprint(request: Any) -> str:
+def fingerprint(request: Any, body: dict[str, Any] | None = None) -> str:
     """A stable hash of the validated request body (field order and defaults do not matter)."""
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    body = body if body is not None else request.model_dump(mode="json")
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -41,8 +40,34 @@ def quota_key(prefix: str, owner: str, day: str) -> str:
 
 @dataclass(frozen=True)
 class Submitted:
-    job: Job
+    #: The job's hash, as the submit script read it back.
+    raw: dict[str, str]
     replayed: bool = False
+
+    @property
+    def job(self) -> Job:
+        return job_from_hash(self.raw)
+
+
+@dataclass
+class RateCount:
+    """A request rate limit counted by the submit script: ``limit`` requests per minute in; the script's decision
+    out, set once the script ran (also when the submit then raises), else None."""
+
+    limit: int
+    rate: tuple[bool, int, int] | None = None  # (allowed, remaining, reset ms)
+
+
+class RateLimitedSubmit(Exception):
+    """The submit's request was over its rate limit: nothing was written (the decision is in the RateCount)."""
+
+
+def overloaded(depth: int, limit: int) -> Overloaded:
+    return Overloaded(
+        f"The queue holds {depth} jobs, at its limit of {limit} (COMFYFLOW_MAX_QUEUE_DEPTH); retry later.",
+        retry_after=5.0,
+        details={"queue_depth": depth, "limit": limit},
+    )
 
 
 class Submitter:
@@ -51,20 +76,6 @@ class Submitter:
 
     def idem_key(self, owner: str, key: str) -> str:
         return f"{self.rt.store.keys.prefix}:idem:{_h(owner)}:{_h(key)}"
-
-    async def check_admission(self) -> None:
-        """Raises Overloaded when the queue is deeper than COMFYFLOW_MAX_QUEUE_DEPTH."""
-        depth = sum((await queue_depth(self.rt.redis, self.rt.store.keys)).values())
-        # Queued batch items have their own admission limit (comfyflow/core/batches.py): a big batch must not
-        # turn interactive jobs away.
-        depth = max(0, depth - int(await self.rt.redis.get(self.rt.store.keys.batch_backlog) or 0))
-        limit = self.rt.settings.max_queue_depth
-        if depth >= limit:
-            raise Overloaded(
-                f"The queue holds {depth} jobs, at its limit of {limit} (COMFYFLOW_MAX_QUEUE_DEPTH); retry later.",
-                retry_after=5.0,
-                details={"queue_depth": depth, "limit": limit},
-            )
 
     async def submit(
         self,
@@ -76,60 +87,57 @@ class Submitter:
         daily_limit: int | None = None,
         day: str = "",
         extra: dict[str, Any] | None = None,
+        rate_limit: RateCount | None = None,
     ) -> Submitted:
-        """Queue one job for ``owner``. An ``idempotency_key`` is looked up within ``idempotency_scope`` (the
-        caller's credential, see comfyflow/api/jobs.py), or the owner when none is given.
+        """Queue one job for ``owner``, in one Redis round trip.
 
+        Args:
+            rate_limit: the owner's requests per minute, counted with this submit (None = not counted here); the
+                decision is written back into it.
         Raises:
-            Overloaded, QuotaExceeded, IdempotencyConflict (other body), IdempotencyInFlight, ValidationError.
+            RateLimitedSubmit, Overloaded, QuotaExceeded, IdempotencyConflict (other body, or its job expired),
+            ValidationError.
         """
         store = self.rt.store
-        fp = fingerprint(request)
-        idem = None
-        if idempotency_key:
-            idem = (self.idem_key(idempotency_scope or owner, idempotency_key), fp)
-            res = await store.scripts.run("idem_begin", [idem[0]], [fp, PENDING_TTL_MS])
-            state = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
-            if state == "in_progress":
-                raise IdempotencyInFlight(
-                    "A request with this Idempotency-Key is still being handled; retry in a moment.",
-                    details={"idempotency_key": idempotency_key},
-                )
-            if state in ("existing", "mismatch"):
-                return await self._replay(state, res[1], idempotency_key)
-        try:
-            await self.check_admission()
-            if isinstance(request, Img2ImgRequest):
-                await self._check_upload(owner, request.init_image)
-            quota = (quota_key(store.keys.prefix, owner, day), daily_limit) if daily_limit is not None else None
-            out = await store.submit(request, owner=owner, idempotency=idem, daily_quota=quota, extra=extra)
-        except BaseException:
-            if idem:
-                await store.scripts.run("idem_abort", [idem[0]], [fp])
-            raise
+        if isinstance(request, Img2ImgRequest):
+            await self._check_upload(owner, request.init_image)
+        body = request.model_dump(mode="json")
+        scope = idempotency_scope or owner
+        idem = (self.idem_key(scope, idempotency_key), fingerprint(request, body)) if idempotency_key else None
+        keys = store.keys
+        limits = SubmitLimits(
+            max_depth=self.rt.settings.max_queue_depth,
+            rate_limit=(keys.ratelimit(owner), rate_limit.limit, RATE_WINDOW_MS, os.urandom(8).hex())
+            if rate_limit is not None
+            else None,
+        )
+        quota = (quota_key(keys.prefix, owner, day), daily_limit) if daily_limit is not None else None
+        out = await store.submit(
+            request, owner=owner, idempotency=idem, daily_quota=quota, extra=extra, limits=limits, body=body
+        )
+        if rate_limit is not None:
+            rate_limit.rate = out.rate
+        if out.outcome == "ratelimited":
+            raise RateLimitedSubmit()
+        if out.outcome == "overloaded":
+            raise overloaded(int(out.detail), self.rt.settings.max_queue_depth)
         if out.outcome == "quota":
-            if idem:
-                await store.scripts.run("idem_abort", [idem[0]], [fp])
             raise QuotaExceeded(
                 f"Daily job quota of {daily_limit} is used up; it resets at 00:00 UTC.",
                 details={"limit": daily_limit},
             )
-        if out.outcome in ("existing", "mismatch"):
-            return await self._replay(out.outcome, out.job.job_id if out.job else "", idempotency_key or "")
-        assert out.job is not None
-        return Submitted(out.job)
-
-    async def _replay(self, state: str, job_id: Any, key: str) -> Submitted:
-        job_id = job_id.decode() if isinstance(job_id, bytes) else str(job_id)
-        if state == "mismatch":
+        if out.outcome == "mismatch":
             raise IdempotencyConflict(
                 "This Idempotency-Key was used with a different request body; use a new key for a new request.",
-                details={"idempotency_key": key, "job_id": job_id},
+                details={"idempotency_key": idempotency_key, "job_id": out.detail},
             )
-        job = await self.rt.store.get(job_id)
-        if job is None:
-            raise IdempotencyConflict("The job this Idempotency-Key created has expired; use a new key.")
-        return Submitted(job, replayed=True)
+        if out.outcome == "existing":
+            if out.raw is None:
+                raise IdempotencyConflict("The job this Idempotency-Key created has expired; use a new key.")
+            return Submitted(out.raw, replayed=True)
+        if out.outcome != "ok" or out.raw is None:
+            raise RuntimeError(f"the submit script answered {out.outcome!r}")
+        return Submitted(out.raw)
 
     async def _check_upload(self, owner: str, upload_id: str) -> None:
         if await self.rt.storage.info(f"uploads/{owner}/{upload_id}") is None:

@@ -25,6 +25,8 @@ MESSAGES: dict[str, str] = {
     "DEVICE_ERROR": "The render backend had a device failure; retry the job.",
     "OUTPUT_TOO_LARGE": "An output file was larger than this service accepts.",
     "NO_OUTPUTS": "The render finished without producing an output file.",
+    "BAD_OUTPUT": "The render backend returned an output that is not a valid image; nothing was stored. Retry it.",
+    "WORKER_LOST": "The worker running the job stopped answering; the job was handed to another one.",
     "STORAGE_ERROR": "The result could not be stored; retry the job.",
     "CANCELED": "The job was canceled.",
     "ATTEMPTS_EXHAUSTED": "The job failed on every attempt; retry it later.",

@@ -1,7 +1,9 @@
 -- Sliding-window log: at most `limit` requests in any `window_ms`, counted atomically (50 concurrent requests
 -- with a limit of 5 let exactly 5 through). Refused requests are not counted.
--- KEYS: zset of request times   ARGV: now_ms ('' = the Redis server's clock), limit, window_ms, member
--- Returns {allowed (1/0), remaining, ms until the oldest counted request leaves the window}.
+-- KEYS: zset of request times[, a hash the request reads]   ARGV: now_ms ('' = the Redis server's clock), limit,
+-- window_ms, member
+-- Returns {allowed (1/0), remaining, ms until the oldest counted request leaves the window[, the hash's fields]}:
+-- a read counted and done in one round trip (the hash is read whether or not the request is allowed).
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
@@ -20,4 +22,5 @@ redis.call('PEXPIRE', KEYS[1], window)
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local reset = window
 if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+if KEYS[2] then return {allowed, limit - used, reset, redis.call('HGETALL', KEYS[2])} end
 return {allowed, limit - used, reset}

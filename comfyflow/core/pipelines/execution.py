@@ -178,6 +178,8 @@ async def watch_batch(
 ) -> Batch | None:
     """Wait until every item of the batch has finished (reporting progress as it changes); returns the batch."""
     batches = BatchStore(runtime.store)
+    # Finishes the release of the batch's items if the API process that committed it died in the middle.
+    await batches.release(batch_id)
     last: tuple[Any, ...] | None = None
     while True:
         batch = await batches.get(batch_id)
