@@ -53,6 +53,20 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
+KEEP_OPTION = typer.Option(
+    "--keep-services",
+    help="Keep the embedded services running after exit (as `comfyflow services start` does); by default the "
+    "last process using them stops them.",
+)
+
+
+def _keep(settings: Settings, keep_services: bool) -> None:
+    if keep_services:
+        from comfyflow.embedded import sessions
+
+        sessions.keep(settings.resolved_home)
+
+
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,11 +81,13 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Jobs this process runs at once (0 = API only).")] = None,
     simulate: Annotated[bool, typer.Option(help="Also start the fake ComfyUI and render on it.")] = False,
     render_time: Annotated[float, typer.Option(help="With --simulate: seconds per prompt.")] = 2.0,
+    keep_services: Annotated[bool, KEEP_OPTION] = False,
 ) -> None:
     """Serve the API with embedded job workers and services: one command for a working service."""
     import threading
 
     from comfyflow.api.app import create_app
+    from comfyflow.cli_banner import deliver_first_key, services_line
     from comfyflow.testing.api_server import free_port
 
     overrides: dict[str, Any] = {}
@@ -86,6 +102,7 @@ def serve(
         threading.Thread(target=run_fake, args=("127.0.0.1", sim_port, render_time), daemon=True).start()
         overrides["backends"] = [f"http://127.0.0.1:{sim_port}"]
     settings = _settings(**overrides)
+    _keep(settings, keep_services)
     run_workers = workers != 0
     app = create_app(settings, run_worker=run_workers, worker_concurrency=workers or None)
     base = f"http://{settings.api_host}:{settings.api_port}"
@@ -95,8 +112,7 @@ def serve(
         from comfyflow.api.admin import bootstrap_first_key, bootstrap_message
 
         key = await bootstrap_first_key(app.ctx.rt)
-        if key:
-            app.ctx.bootstrap_message = bootstrap_message(key, base)
+        app.ctx.bootstrap_message = bootstrap_message(key, base) if key else None
 
     @app.after_server_start
     async def _banner(app: Any) -> None:
@@ -109,10 +125,12 @@ def serve(
         if prefect:
             lines.append(f"Prefect UI on {prefect.removesuffix('/api')}")
         lines.append(f"job workers: {'on' if run_workers else 'off'}; Ctrl-C stops gracefully")
-        bootstrap = getattr(app.ctx, "bootstrap_message", None)
-        if bootstrap:
-            lines.append(bootstrap)
+        if services := services_line(settings):
+            lines.append(services)
         console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
+        if app.ctx.bootstrap_message:  # stdout on a terminal, else a 0600 file: never the log stream
+            deliver_first_key(app.ctx.bootstrap_message, settings.resolved_home)
+            app.ctx.bootstrap_message = None
 
     app.run(host=settings.api_host, port=settings.api_port, single_process=True, access_log=False, motd=False)
 
@@ -122,11 +140,13 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (default COMFYFLOW_WORKER_CONCURRENCY).")
     ] = None,
+    keep_services: Annotated[bool, KEEP_OPTION] = False,
 ) -> None:
     """Run job workers against the configured Redis (embedded when COMFYFLOW_REDIS_URL is unset)."""
     from comfyflow.service import run_worker
 
     settings = _settings()
+    _keep(settings, keep_services)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -144,21 +164,24 @@ app.add_typer(batch_app, name="batch")
 
 @services_app.command("start")
 def services_start() -> None:
-    """Start (or find) the embedded services and print their URLs."""
-    from comfyflow.embedded import ensure_services
+    """Start (or find) the embedded services, keep them running for every later command, print their URLs."""
+    from comfyflow.embedded import ensure_services, sessions
 
     settings = _settings()
+    sessions.keep(settings.resolved_home)
     urls = asyncio.run(ensure_services(settings))
     redis_shown = urls.redis_url.split("@")[-1]
     console.print(f"redis: {redis_shown}\nprefect: {urls.prefect_api_url or 'disabled'}")
+    console.print("they keep running after every command until `comfyflow services stop`")
 
 
 @services_app.command("stop")
 def services_stop() -> None:
-    """Stop this home's embedded services (data is kept)."""
-    from comfyflow.embedded import stop_services
+    """Stop this home's embedded services (data is kept); later commands stop the ones they start on exit."""
+    from comfyflow.embedded import sessions, stop_services
 
     settings = _settings()
+    sessions.keep(settings.resolved_home, False)
     stop_services(settings.resolved_home)
     console.print(f"stopped the embedded services of {settings.resolved_home}")
 
@@ -191,6 +214,7 @@ def generate(
     batch_size: int = 1,
     simulate: Annotated[bool, typer.Option(help="Start the fake ComfyUI and render on it.")] = False,
     render_time: Annotated[float, typer.Option(help="With --simulate: seconds per prompt.")] = 1.0,
+    keep_services: Annotated[bool, KEEP_OPTION] = False,
 ) -> None:
     """Run one job in-process on the embedded defaults, show its progress, print the artifact paths."""
     import pydantic
@@ -207,6 +231,7 @@ def generate(
             console.print(f"[red]--{'.'.join(str(p) for p in err['loc'][1:]) or 'request'}: {err['msg']}[/red]")
         raise typer.Exit(2) from None
     settings = _settings()
+    _keep(settings, keep_services)
     code = asyncio.run(_generate(settings, request, simulate=simulate, render_time=render_time))
     raise typer.Exit(code)
 

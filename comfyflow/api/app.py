@@ -48,7 +48,10 @@ def create_app(
     worker_concurrency: int | None = None,
     **runtime_overrides: Any,
 ) -> Sanic:
-    """Build the API app. ``run_worker`` also runs job workers inside the server process (comfyflow serve)."""
+    """Build the API app. ``run_worker`` also runs job workers inside the server process (comfyflow serve).
+
+    The embedded services the app uses are stopped when it stops, unless another process still uses them or
+    they are kept (comfyflow/embedded/sessions.py)."""
     settings = settings or load_settings()
     app = Sanic(f"comfyflow_{next(_names)}", strict_slashes=False)
     app.config.REQUEST_MAX_SIZE = max(settings.max_body_bytes, settings.max_upload_bytes) + 64 * 1024
@@ -87,9 +90,17 @@ def create_app(
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:
-        from comfyflow.embedded import ensure_services
+        from comfyflow.embedded import ensure_services, sessions
 
-        urls = await ensure_services(settings)
+        app.ctx.session = None
+        if sessions.uses_embedded(settings):
+            app.ctx.session = await asyncio.to_thread(sessions.join, settings.resolved_home)
+        try:
+            urls = await ensure_services(settings)
+        except BaseException:
+            if app.ctx.session is not None:  # stop what was started before the failure
+                await asyncio.to_thread(sessions.leave, settings.resolved_home, app.ctx.session)
+            raise
         app.ctx.prefect_api_url = urls.prefect_api_url
         app.ctx.urls = urls
         app.ctx.rt = await Runtime.open(settings, urls.redis_url, **runtime_overrides)
@@ -117,6 +128,10 @@ def create_app(
     @app.after_server_stop
     async def _close(app: Sanic) -> None:
         await app.ctx.rt.aclose()
+        if app.ctx.session is not None:
+            from comfyflow.embedded import sessions
+
+            await asyncio.to_thread(sessions.leave, settings.resolved_home, app.ctx.session)
 
     return app
 
