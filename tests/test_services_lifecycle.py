@@ -177,20 +177,30 @@ def test_the_last_process_using_the_services_stops_them(home: Path) -> None:
 
 def test_first_key_off_a_terminal_goes_to_a_private_file_not_the_logs(home: Path) -> None:
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    key_file = home / "first-internal-key.txt"
     proc = _serve(home, port)
     try:
-        _wait_ready(proc, f"http://127.0.0.1:{port}", home)
-        key_file = home / "first-internal-key.txt"
+        _wait_ready(proc, base, home)
         assert wait_until(key_file.exists, 30)
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = next(w for w in key_file.read_text().split() if w.startswith("cf_live_"))
+        req = urllib.request.Request(f"{base}/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.loads(r.read())["role"] == "internal"
     finally:
         _stop(proc)
     out = proc.stdout.read().decode() if proc.stdout else ""
     log = (home / "serve.log").read_text()
-    assert "cf_live_" not in log and "cf_live_" not in out
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    key = next(w for w in key_file.read_text().split() if w.startswith("cf_live_"))
+    assert "cf_live_" not in log and "cf_live_" not in out, "never on the log stream nor a piped stdout"
     assert str(key_file) in log  # its path is logged
-    assert len(key) > 40
+    key_file.unlink()
+    proc = _serve(home, port)
+    try:
+        _wait_ready(proc, base, home)
+    finally:
+        _stop(proc)
+    assert not key_file.exists(), "created and shown once only"
 
 
 def test_first_key_on_a_terminal_is_printed_once_to_stdout(home: Path) -> None:
