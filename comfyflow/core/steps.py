@@ -24,7 +24,15 @@ from comfyflow.core.pool import is_device_error, requirement_for
 from comfyflow.core.queue import queue_depth
 from comfyflow.core.slots import SlotLease
 from comfyflow.core.storing import store_outputs
-from comfyflow.errors import BackendUnavailable, DeviceFailed, ExecutionFailed, GraphInvalid, OutOfMemory, Stalled
+from comfyflow.errors import (
+    BackendUnavailable,
+    DeviceFailed,
+    ExecutionFailed,
+    GraphInvalid,
+    LeaseLost,
+    OutOfMemory,
+    Stalled,
+)
 from comfyflow.models import Img2ImgRequest, JobResult, Progress, RawGraphRequest, parse_request
 from comfyflow.plugins.comfyui.templates import build_graph, default_model
 from comfyflow.plugins.protocols import Backend, PromptPhase
@@ -235,11 +243,16 @@ async def render_step(ctx: AttemptContext, prepared: Prepared, lease: SlotLease 
             ctx.raw["prompts"] = json.dumps(prompts)
             if prepared.input_name and url != prepared.reference:
                 await _upload_input(ctx, backend, parse_request(ctx.job.request).init_image)  # type: ignore[union-attr]
+        ctx.prompt_on_backend = True
         outputs = await _render(ctx, backend, prepared, pid)
+        ctx.prompt_on_backend = False
         await ctx.progress(Progress(value=0.96, phase="fetching"), force=True)
         staged = await _fetch_all(ctx, backend, pid, outputs, settings.max_output_bytes)
+    except LeaseLost:
+        ctx.stop_reason = ctx.stop_reason or "lost"
+        raise
     finally:
-        if lease is not None:
+        if lease is not None and not ctx.slot_stays_taken:  # else kept for the next attempt (see attempt.py)
             with contextlib.suppress(Exception):
                 await asyncio.shield(ctx.runtime.slots.release(lease))
             if lease in ctx.leases:
