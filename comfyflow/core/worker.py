@@ -209,7 +209,7 @@ class Worker:
             ctx.wake.clear()
             try:
                 state = await self.rt.store.heartbeat(ctx.claim)
-                for lease in list(ctx.leases):
+                for lease in list(ctx.leases) if state == "ok" else []:  # a lost attempt's slot is the next one's
                     if not await self.rt.slots.hold(lease):
                         ctx.log.warning(
                             "slot lease expired while this worker was slow and the slot was taken; the backend may "
