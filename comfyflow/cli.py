@@ -227,8 +227,10 @@ def generate(
             sampler=sampler, scheduler=scheduler, seed=seed, model=model, batch_size=batch_size,
         )  # fmt: skip
     except pydantic.ValidationError as exc:
-        for err in exc.errors():
-            console.print(f"[red]--{'.'.join(str(p) for p in err['loc'][1:]) or 'request'}: {err['msg']}[/red]")
+        from comfyflow.cli_errors import validation_lines
+
+        for line in validation_lines(Txt2ImgRequest, exc):
+            console.print(f"[red]error[/red]: {line}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
     settings = _settings()
     _keep(settings, keep_services)
