@@ -35,7 +35,7 @@ from comfyflow.core.submission import Submitter
 from comfyflow.settings import Settings, load_settings
 
 #: Routes that answer without credentials. Artifact links carry their own signature instead.
-PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/openapi.json"}
+PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/docs/redoc.standalone.js", "/openapi.json"}
 SIGNED_PREFIX = "/api/v1/artifacts/"
 _names = itertools.count()
 

@@ -21,7 +21,7 @@ from comfyflow.errors import ConfigError, PluginError
 from comfyflow.models import Role
 from tests.auth.conftest import auth
 
-PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/openapi.json"}
+PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/docs/redoc.standalone.js", "/openapi.json"}
 PARAM = re.compile(r"<([a-z_]+)(?::[a-z]+)?>")
 VALUES = {"job_id": "0" * 32, "key": "jobs/" + "0" * 32 + "/0.png", "user_id": "u_0", "key_id": "k0"}
 
