@@ -86,8 +86,7 @@ def serve(
     """Serve the API with embedded job workers and services: one command for a working service."""
     import threading
 
-    from comfyflow.api.app import create_app
-    from comfyflow.cli_banner import deliver_first_key, services_line
+    from comfyflow.embedded.sessions import start_early
     from comfyflow.testing.api_server import free_port
 
     overrides: dict[str, Any] = {}
@@ -95,16 +94,25 @@ def serve(
         overrides["api_host"] = host
     if port:
         overrides["api_port"] = port
+    sim_port = free_port()
     if simulate:
-        from comfyflow.testing.fake_comfyui import run as run_fake
-
-        sim_port = free_port()
-        threading.Thread(target=run_fake, args=("127.0.0.1", sim_port, render_time), daemon=True).start()
         overrides["backends"] = [f"http://127.0.0.1:{sim_port}"]
     settings = _settings(**overrides)
     _keep(settings, keep_services)
+    services = start_early(settings)  # the embedded services come up while the app is imported
+    if simulate:
+        from comfyflow.testing.fake_comfyui import run as run_fake
+
+        threading.Thread(target=run_fake, args=("127.0.0.1", sim_port, render_time), daemon=True).start()
+    from comfyflow.api.app import create_app
+    from comfyflow.cli_banner import deliver_first_key, services_line
+
     run_workers = workers != 0
-    app = create_app(settings, run_worker=run_workers, worker_concurrency=workers or None)
+    try:
+        app = create_app(settings, run_worker=run_workers, worker_concurrency=workers or None, services=services)
+    except BaseException:
+        services.abandon(settings.resolved_home)
+        raise
     base = f"http://{settings.api_host}:{settings.api_port}"
 
     @app.before_server_start
@@ -132,7 +140,11 @@ def serve(
             deliver_first_key(app.ctx.bootstrap_message, settings.resolved_home)
             app.ctx.bootstrap_message = None
 
-    app.run(host=settings.api_host, port=settings.api_port, single_process=True, access_log=False, motd=False)
+    try:
+        app.run(host=settings.api_host, port=settings.api_port, single_process=True, access_log=False, motd=False)
+    finally:
+        if getattr(app.ctx, "session", services.token) is not None:  # the server never got to stop them itself
+            services.abandon(settings.resolved_home)
 
 
 @app.command()

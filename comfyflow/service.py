@@ -76,7 +76,8 @@ async def runner_for(rt: Runtime, urls: ServiceURLs, stop: asyncio.Event) -> Asy
     if not urls.prefect_api_url:
         yield None
         return
-    executor_mod = importlib.import_module("flows.executor")
+    # Importing Prefect takes seconds: in a thread, so that the event loop (the API of `comfyflow serve`) answers.
+    executor_mod = await asyncio.to_thread(importlib.import_module, "flows.executor")
     async with prefect_settings(urls.prefect_api_url), executor_mod.PrefectExecutor() as executor:
         watcher = asyncio.create_task(executor_mod.watch_ui(executor, rt.store, stop))
         try:

@@ -46,12 +46,14 @@ def create_app(
     policy: Any = None,
     run_worker: bool = False,
     worker_concurrency: int | None = None,
+    services: Any = None,
     **runtime_overrides: Any,
 ) -> Sanic:
     """Build the API app. ``run_worker`` also runs job workers inside the server process (comfyflow serve).
 
     The embedded services the app uses are stopped when it stops, unless another process still uses them or
-    they are kept (comfyflow/embedded/sessions.py)."""
+    they are kept (comfyflow/embedded/sessions.py). ``services``: an ``EarlyStart`` already starting them (serve
+    starts them before importing the app, so that both overlap)."""
     settings = settings or load_settings()
     app = Sanic(f"comfyflow_{next(_names)}", strict_slashes=False)
     app.config.REQUEST_MAX_SIZE = max(settings.max_body_bytes, settings.max_upload_bytes) + 64 * 1024
@@ -93,13 +95,16 @@ def create_app(
         from comfyflow.embedded import ensure_services, sessions
 
         app.ctx.session = None
-        if sessions.uses_embedded(settings):
+        if services is not None:
+            app.ctx.session = services.token
+        elif sessions.uses_embedded(settings):
             app.ctx.session = await asyncio.to_thread(sessions.join, settings.resolved_home)
         try:
-            urls = await ensure_services(settings)
+            urls = await (asyncio.wrap_future(services.future) if services is not None else ensure_services(settings))
         except BaseException:
             if app.ctx.session is not None:  # stop what was started before the failure
                 await asyncio.to_thread(sessions.leave, settings.resolved_home, app.ctx.session)
+                app.ctx.session = None
             raise
         app.ctx.prefect_api_url = urls.prefect_api_url
         app.ctx.urls = urls
@@ -132,6 +137,7 @@ def create_app(
             from comfyflow.embedded import sessions
 
             await asyncio.to_thread(sessions.leave, settings.resolved_home, app.ctx.session)
+            app.ctx.session = None
 
     return app
 

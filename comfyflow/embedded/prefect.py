@@ -8,6 +8,7 @@ every comfyflow process using that home (never by another home: each has its own
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -114,8 +115,9 @@ def ensure_prefect(home: Path, port: int = 4200) -> str:
         database_url = ensure_postgres(home)
         for _ in range(3):  # another program may take the port between our probe and the server's bind
             chosen = _free_port_from(recorded or port)
+            migrated = state.get("migrated_by") == _prefect_version() and state.get("database_url") == database_url
             try:
-                return _start(folder, chosen, port, database_url)
+                return _start(folder, chosen, port, database_url, migrated=migrated)
             except _PortTaken:
                 recorded = None
         raise EmbeddedServiceError(f"the Prefect server could not bind a free port from {port} on {HOST}")
@@ -128,6 +130,10 @@ def _ours_and_healthy(home: Path, state: dict, port: int, timeout: float = 2.0) 
         and bool(health(state["port"], timeout=timeout))
         and state.get("database_url") == ensure_postgres(home)
     )
+
+
+def _prefect_version() -> str:
+    return importlib.metadata.version("prefect")
 
 
 def _api_url(port: int) -> str:
@@ -174,15 +180,20 @@ class _PortTaken(Exception):
     pass
 
 
-def _start(folder: Path, port: int, requested: int, database_url: str) -> str:
+def _start(folder: Path, port: int, requested: int, database_url: str, *, migrated: bool = False) -> str:
+    """Start the server; ``migrated``: its database was migrated by this Prefect version, so it skips the
+    migration check at start (seconds)."""
     log = folder / "server.log"
     api_url = _api_url(port)
-    env = server_env(api_url, database_url, folder / "home")
+    extra = {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"} if migrated else {}
+    env = server_env(api_url, database_url, folder / "home", **extra)
     argv = [*prefect_executable(), "server", "start", "--host", HOST, "--port", str(port)]
     pid = spawn_detached(argv, log, env)
-    write_state(folder, {"pid": pid, "port": port, "requested": requested, "database_url": database_url})
+    state = {"pid": pid, "port": port, "requested": requested, "database_url": database_url}
+    write_state(folder, state)
     wait_until(lambda: bool(health(port)) or not pid_alive(pid), START_TIMEOUT_SECONDS, 0.1)
     if health(port) and pid_alive(pid, NEEDLE):
+        write_state(folder, {**state, "migrated_by": _prefect_version()})  # it migrated (or had no need) at start
         return api_url
     if pid_alive(pid):
         terminate(pid, group=True)

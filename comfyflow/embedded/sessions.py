@@ -10,12 +10,17 @@ next process to leave stops the services it left running.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from comfyflow.embedded.supervisor import EmbeddedServiceError, pid_alive, service_lock
 from comfyflow.settings import Settings
@@ -101,6 +106,39 @@ def session(settings: Settings) -> Iterator[None]:
         yield
     finally:
         leave(home, token)
+
+
+@dataclass
+class EarlyStart:
+    """Services being started in a thread while the process goes on (e.g. importing the API app)."""
+
+    token: str | None
+    future: concurrent.futures.Future[Any]
+
+    def abandon(self, home: Path) -> None:
+        """Leave after the start finished (failed or not): the process will not use the services after all."""
+        with contextlib.suppress(BaseException):
+            self.future.result(timeout=300)
+        if self.token is not None:
+            leave(home, self.token)
+            self.token = None
+
+
+def start_early(settings: Settings) -> EarlyStart:
+    """Join the home (when it uses embedded services) and start ensuring its services in a thread now."""
+    from comfyflow.embedded import ensure_services
+
+    token = join(settings.resolved_home) if uses_embedded(settings) else None
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def work() -> None:
+        try:
+            future.set_result(asyncio.run(ensure_services(settings)))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="comfyflow-services", daemon=True).start()
+    return EarlyStart(token, future)
 
 
 def _start_time(pid: int) -> int:
