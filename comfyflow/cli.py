@@ -187,6 +187,16 @@ def services_start() -> None:
     console.print("they keep running after every command until `comfyflow services stop`")
 
 
+@services_app.command("prepare")
+def services_prepare() -> None:
+    """Build the PostgreSQL template with Prefect's database migrated, which every new home copies (scripts/setup
+    runs this; otherwise the first new home builds it)."""
+    from comfyflow.embedded.template import ensure_template
+
+    _settings()
+    console.print(f"embedded database template ready in {ensure_template()}")
+
+
 @services_app.command("stop")
 def services_stop() -> None:
     """Stop this home's embedded services (data is kept); later commands stop the ones they start on exit."""

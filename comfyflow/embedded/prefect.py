@@ -115,7 +115,10 @@ def ensure_prefect(home: Path, port: int = 4200) -> str:
         database_url = ensure_postgres(home)
         for _ in range(3):  # another program may take the port between our probe and the server's bind
             chosen = _free_port_from(recorded or port)
-            migrated = state.get("migrated_by") == _prefect_version() and state.get("database_url") == database_url
+            migrated = (state.get("migrated_by") == _prefect_version() and state.get("database_url") == database_url) or (
+                not state.get("migrated_by")  # a new home whose database is a copy of the migrated template
+                and read_state(Path(home).resolve() / "postgres").get("prefect_migrated_by") == _prefect_version()
+            )
             try:
                 return _start(folder, chosen, port, database_url, migrated=migrated)
             except _PortTaken:

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from comfyflow.embedded import ServiceURLs, ensure_services, stop_services
-from comfyflow.embedded.postgres import postgres_pid, stop_postgres
+from comfyflow.embedded.postgres import ensure_postgres, postgres_pid, stop_postgres
 from comfyflow.embedded.prefect import ensure_prefect, prefect_pid
 from comfyflow.embedded.redis import ensure_redis, redis_pid, stop_redis
 from comfyflow.embedded.supervisor import EmbeddedServiceError, free_port, pid_alive, read_state
@@ -187,6 +187,27 @@ def test_a_taken_port_moves_the_home_s_own_prefect_server_to_the_next_free_one(h
         server.server_close()
     stop_services(home)
     assert ensure_prefect(home, port) == url, "restarted on its recorded port while it stays free"
+
+
+@pytest.mark.slow
+def test_a_new_home_copies_the_migrated_template_with_a_password_of_its_own(home: Path) -> None:
+    import importlib.metadata
+
+    from comfyflow.embedded.template import ensure_template
+
+    template = read_state(ensure_template() / "postgres")
+    url = ensure_postgres(home)
+    state = read_state(home / "postgres")
+    assert state["password"] != template["password"] and f":{state['password']}@" in url
+    assert state["prefect_migrated_by"] == importlib.metadata.version("prefect")
+    assert not (home / "postgres" / "initdb.pw").exists()
+    port = free_port()
+    api = ensure_prefect(home, port)  # starts without migrating: the copied database is at Prefect's head
+    assert read_state(home / "prefect")["migrated_by"] == importlib.metadata.version("prefect")
+    request = urllib.request.Request(f"{api}/flows/", data=b'{"name": "probe"}',
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["name"] == "probe"
 
 
 async def test_configured_urls_start_nothing(home: Path) -> None:
