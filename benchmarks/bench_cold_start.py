@@ -30,7 +30,9 @@ CLI = [sys.executable, "-m", "comfyflow.cli"]
 
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMFYFLOW_", "PREFECT_"))}
-    env.update({"COMFYFLOW_HOME": str(home), "COMFYFLOW_PREFECT_PORT": str(free_port()), "COMFYFLOW_LOG_LEVEL": "WARNING"})
+    env.update(
+        {"COMFYFLOW_HOME": str(home), "COMFYFLOW_PREFECT_PORT": str(free_port()), "COMFYFLOW_LOG_LEVEL": "WARNING"}
+    )
     return env
 
 

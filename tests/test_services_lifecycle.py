@@ -149,7 +149,9 @@ def test_services_started_by_services_start_or_kept_by_flag_keep_running(home: P
     proc = _serve(home, port, "--keep-services")  # kept by the flag, for the later commands too
     _wait_ready(proc, f"http://127.0.0.1:{port}", home)
     _stop(proc)
-    assert redis_pid(home) is not None and "stop them with `comfyflow services stop`" in (home / "serve.log").read_text()
+    assert (
+        redis_pid(home) is not None and "stop them with `comfyflow services stop`" in (home / "serve.log").read_text()
+    )
     subprocess.run(_cli("services", "stop"), env=_env(home), capture_output=True, timeout=60, check=True)
     assert home_processes(home) == {}
 
@@ -209,8 +211,9 @@ def test_first_key_on_a_terminal_is_printed_once_to_stdout(home: Path) -> None:
 
     def run_on_a_terminal() -> str:
         leader, follower = pty.openpty()
-        proc = subprocess.Popen(_cli("serve", "--simulate", "--port", str(port)), env=_env(home),
-                                stdin=subprocess.DEVNULL, stdout=follower, stderr=open(home / "serve.log", "ab"))  # fmt: skip
+        log = open(home / "serve.log", "ab")  # the child writes it
+        argv = _cli("serve", "--simulate", "--port", str(port))
+        proc = subprocess.Popen(argv, env=_env(home), stdin=subprocess.DEVNULL, stdout=follower, stderr=log)
         os.close(follower)
         seen = b""
         try:

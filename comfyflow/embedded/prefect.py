@@ -101,9 +101,7 @@ def ensure_prefect(home: Path, port: int = 4200) -> str:
     with service_lock(folder):
         state = read_state(folder)
         if pid_alive(state.get("pid"), NEEDLE):
-            if state.get("requested", state.get("port")) == port and state.get("database_url") == ensure_postgres(
-                home
-            ):
+            if state.get("requested", state.get("port")) == port and state.get("database_url") == ensure_postgres(home):
                 # ours, and still starting (the process that started it died before it answered) or wedged
                 running = state["port"]
                 wait_until(lambda: bool(health(running)) or not pid_alive(state["pid"]), START_TIMEOUT_SECONDS, 0.2)
@@ -115,7 +113,9 @@ def ensure_prefect(home: Path, port: int = 4200) -> str:
         database_url = ensure_postgres(home)
         for _ in range(3):  # another program may take the port between our probe and the server's bind
             chosen = _free_port_from(recorded or port)
-            migrated = (state.get("migrated_by") == _prefect_version() and state.get("database_url") == database_url) or (
+            migrated = (
+                state.get("migrated_by") == _prefect_version() and state.get("database_url") == database_url
+            ) or (
                 not state.get("migrated_by")  # a new home whose database is a copy of the migrated template
                 and read_state(Path(home).resolve() / "postgres").get("prefect_migrated_by") == _prefect_version()
             )

@@ -24,7 +24,9 @@ READY = "ready"
 
 
 def template_root() -> Path:
-    return Path(os.environ.get("COMFYFLOW_TEMPLATE_DIR") or Path(tempfile.gettempdir()) / f"comfyflow-pg-template-{os.getuid()}")
+    return Path(
+        os.environ.get("COMFYFLOW_TEMPLATE_DIR") or Path(tempfile.gettempdir()) / f"comfyflow-pg-template-{os.getuid()}"
+    )
 
 
 def template_home() -> Path:
@@ -53,7 +55,9 @@ def ensure_template() -> Path:
             out = subprocess.run([*prefect_executable(), "server", "database", "upgrade", "-y"], env=env,
                                  capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)  # fmt: skip
             if out.returncode != 0:
-                raise EmbeddedServiceError(f"migrating the template database failed:\n{(out.stdout + out.stderr)[-3000:]}")
+                raise EmbeddedServiceError(
+                    f"migrating the template database failed:\n{(out.stdout + out.stderr)[-3000:]}"
+                )
         finally:
             stop_postgres(home)
         state = read_state(home / "postgres")

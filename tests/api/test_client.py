@@ -251,7 +251,7 @@ async def test_cli_errors_are_one_line_naming_the_option(tmp_path: Path) -> None
         (("submit", "fox", "--init-image", str(tmp_path / "missing.png")), "--init-image: "),
     ]
     for args, expected in cases:
-        code, out, err = await cli(*args, env={"COMFYFLOW_URL": f"http://127.0.0.1:{free_port()}"})
+        code, _, err = await cli(*args, env={"COMFYFLOW_URL": f"http://127.0.0.1:{free_port()}"})
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (args, err)
         assert "Traceback" not in err and "--request" not in err
@@ -269,7 +269,7 @@ async def test_cli_retry_runs_a_canceled_job_again_and_cancel_ends_its_progress(
                 break
             await asyncio.sleep(0.05)
         assert (await client.get(job.job_id)).progress.phase == "rendering"
-        code, out, _ = await cli("cancel", job.job_id, env=env)
+        code, _, _ = await cli("cancel", job.job_id, env=env)
         assert code == 0
         canceled = await client.wait(job.job_id, timeout=30)
         assert canceled.status == "canceled" and canceled.progress.phase == "canceled"

@@ -24,7 +24,7 @@ from comfyflow.embedded import ServiceURLs, ensure_services, stop_services
 from comfyflow.embedded.postgres import ensure_postgres, postgres_pid, stop_postgres
 from comfyflow.embedded.prefect import ensure_prefect, prefect_pid
 from comfyflow.embedded.redis import ensure_redis, redis_pid, stop_redis
-from comfyflow.embedded.supervisor import EmbeddedServiceError, free_port, pid_alive, read_state
+from comfyflow.embedded.supervisor import free_port, pid_alive, read_state
 from comfyflow.settings import Settings
 
 SERVICES_IN_CHILD = """
