@@ -253,10 +253,10 @@ async def render_step(ctx: AttemptContext, prepared: Prepared, lease: SlotLease 
         raise
     finally:
         if lease is not None and not ctx.slot_stays_taken:  # else kept for the next attempt (see attempt.py)
+            if lease in ctx.leases:  # first, so a heartbeat renewing it meanwhile knows it is being released
+                ctx.leases.remove(lease)
             with contextlib.suppress(Exception):
                 await asyncio.shield(ctx.runtime.slots.release(lease))
-            if lease in ctx.leases:
-                ctx.leases.remove(lease)
     await ctx.update(render_finished_at=repr(time.time()))
     return Rendered(url, pid, adopted and prepared.adopt_phase == PromptPhase.SUCCEEDED.value, staged)
 

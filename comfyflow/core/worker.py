@@ -216,6 +216,8 @@ class Worker:
                             "hold one prompt more than its slots until this one ends",
                             backend=lease.backend,
                         )
+                    elif lease not in ctx.leases:  # released while we renewed it: do not take it back
+                        await self.rt.slots.release(lease)
             except Exception as exc:  # Redis blip: the lease has slack, try again next beat
                 log.warning("heartbeat failed", job_id=ctx.claim.job_id, error=str(exc))
                 continue
