@@ -7,6 +7,9 @@ phases of a cold start measured one by one in this process (Redis, PostgreSQL fr
 the Prefect server with and without migrations).
 
     .venv/bin/python benchmarks/bench_cold_start.py [--repeats 3] [--phases]
+
+Run it with another checkout's interpreter (``/path/to/other/.venv/bin/python benchmarks/bench_cold_start.py``)
+to measure that code: the commands run are ``python -m comfyflow.cli`` of the interpreter running this script.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def cases(repeats: int) -> dict[str, list[float]]:
         try:
             found["baseline (import the app)"].append(baseline(env))
             found["fresh home"].append(serve_until_ready(home, env))
-            found["services stopped"].append(serve_until_ready(home, env))  # the first one stopped them on exit
+            subprocess.run([*CLI, "services", "stop"], env=env, check=True, capture_output=True)  # if still running
+            found["services stopped"].append(serve_until_ready(home, env))
             subprocess.run([*CLI, "services", "start"], env=env, check=True, capture_output=True)
             found["services running"].append(serve_until_ready(home, env))
         finally:
