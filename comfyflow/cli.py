@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from comfyflow.cli_admin import admin_app
 from comfyflow.cli_batch import batch_app
 from comfyflow.cli_client import register as register_client_commands
+from comfyflow.cli_services import services_app
 from comfyflow.errors import ComfyflowError
 from comfyflow.settings import Settings, load_settings
 
@@ -168,44 +169,9 @@ def worker(
     asyncio.run(main())
 
 
-services_app = typer.Typer(help="The embedded Redis, PostgreSQL and Prefect server of this home.")
 app.add_typer(services_app, name="services")
 app.add_typer(admin_app, name="admin")
 app.add_typer(batch_app, name="batch")
-
-
-@services_app.command("start")
-def services_start() -> None:
-    """Start (or find) the embedded services, keep them running for every later command, print their URLs."""
-    from comfyflow.embedded import ensure_services, sessions
-
-    settings = _settings()
-    sessions.keep(settings.resolved_home)
-    urls = asyncio.run(ensure_services(settings))
-    redis_shown = urls.redis_url.split("@")[-1]
-    console.print(f"redis: {redis_shown}\nprefect: {urls.prefect_api_url or 'disabled'}")
-    console.print("they keep running after every command until `comfyflow services stop`")
-
-
-@services_app.command("prepare")
-def services_prepare() -> None:
-    """Build the PostgreSQL template with Prefect's database migrated, which every new home copies (scripts/setup
-    runs this; otherwise the first new home builds it)."""
-    from comfyflow.embedded.template import ensure_template
-
-    _settings()
-    console.print(f"embedded database template ready in {ensure_template()}")
-
-
-@services_app.command("stop")
-def services_stop() -> None:
-    """Stop this home's embedded services (data is kept); later commands stop the ones they start on exit."""
-    from comfyflow.embedded import sessions, stop_services
-
-    settings = _settings()
-    sessions.keep(settings.resolved_home, False)
-    stop_services(settings.resolved_home)
-    console.print(f"stopped the embedded services of {settings.resolved_home}")
 
 
 @app.command()
