@@ -134,8 +134,8 @@ def serve(
         if prefect:
             lines.append(f"Prefect UI on {prefect.removesuffix('/api')}")
         lines.append(f"job workers: {'on' if run_workers else 'off'}; Ctrl-C stops gracefully")
-        if services := services_line(settings):
-            lines.append(services)
+        if kept_or_not := services_line(settings):
+            lines.append(kept_or_not)
         console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
         if app.ctx.bootstrap_message:  # stdout on a terminal, else a 0600 file: never the log stream
             deliver_first_key(app.ctx.bootstrap_message, settings.resolved_home)
