@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from comfyflow.cli_admin import admin_app
 from comfyflow.cli_batch import batch_app
 from comfyflow.cli_client import register as register_client_commands
+from comfyflow.cli_services import services_app
 from comfyflow.errors import ComfyflowError
 from comfyflow.settings import Settings, load_settings
 
@@ -53,6 +54,20 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
+KEEP_OPTION = typer.Option(
+    "--keep-services",
+    help="Keep the embedded services running after exit (as `comfyflow services start` does); by default the "
+    "last process using them stops them.",
+)
+
+
+def _keep(settings: Settings, keep_services: bool) -> None:
+    if keep_services:
+        from comfyflow.embedded import sessions
+
+        sessions.keep(settings.resolved_home)
+
+
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,6 +82,7 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Jobs this process runs at once (0 = API only).")] = None,
     simulate: Annotated[bool, typer.Option(help="Also start the fake ComfyUI and render on it.")] = False,
     render_time: Annotated[float, typer.Option(help="With --simulate: seconds per prompt.")] = 2.0,
+    keep_services: Annotated[bool, KEEP_OPTION] = False,
     api_processes: Annotated[
         int | None, typer.Option(help="API server processes on the port (default COMFYFLOW_API_PROCESSES, 1).")
     ] = None,
@@ -74,8 +90,7 @@ def serve(
     """Serve the API with embedded job workers and services: one command for a working service."""
     import threading
 
-    from comfyflow.api.app import first_process
-    from comfyflow.api.serving import serve as serve_api
+    from comfyflow.embedded.sessions import start_early
     from comfyflow.testing.api_server import free_port
 
     overrides: dict[str, Any] = {}
@@ -85,29 +100,46 @@ def serve(
         overrides["api_port"] = port
     if api_processes:
         overrides["api_processes"] = api_processes
+    sim_port = free_port()
+    if simulate:
+        overrides["backends"] = [f"http://127.0.0.1:{sim_port}"]
+    settings = _settings(**overrides)
+    _keep(settings, keep_services)
+    # The embedded services come up while the app is imported. With several API processes each (forked) process
+    # starts or joins them itself, so that each counts as one of their users.
+    services = start_early(settings) if settings.api_processes <= 1 else None
     if simulate:
         from comfyflow.testing.fake_comfyui import run as run_fake
 
-        sim_port = free_port()
         threading.Thread(target=run_fake, args=("127.0.0.1", sim_port, render_time), daemon=True).start()
-        overrides["backends"] = [f"http://127.0.0.1:{sim_port}"]
-    settings = _settings(**overrides)
+    from comfyflow.api.app import create_app, first_process
+    from comfyflow.api.serving import serve as serve_api
+    from comfyflow.cli_banner import deliver_first_key, services_line
+
     run_workers = workers != 0
+    try:
+        app = create_app(settings, run_worker=run_workers, worker_concurrency=workers or None, services=services)
+    except BaseException:
+        if services is not None:
+            services.abandon(settings.resolved_home)
+        raise
     base = f"http://{settings.api_host}:{settings.api_port}"
 
+    @app.before_server_start
     async def _bootstrap(app: Any) -> None:
         from comfyflow.api.admin import bootstrap_first_key, bootstrap_message
 
+        app.ctx.bootstrap_message = None
         if not first_process():  # with --api-processes N, the first process bootstraps and prints the banner
             return
         key = await bootstrap_first_key(app.ctx.rt)
-        if key:
-            app.ctx.bootstrap_message = bootstrap_message(key, base)
+        app.ctx.bootstrap_message = bootstrap_message(key, base) if key else None
 
+    @app.after_server_start
     async def _banner(app: Any) -> None:
         if not first_process():
             return
-        lines = [f"comfyflow API on {base} (docs {base}/docs)"]
+        lines = [f"comfyflow API on {base} (docs {base}/docs, web console {base}/ui)"]
         if simulate:
             lines.append(f"fake ComfyUI on {settings.backends[0]} (render time {render_time}s)")
         else:
@@ -118,17 +150,18 @@ def serve(
         lines.append(f"job workers: {'on' if run_workers else 'off'}; Ctrl-C stops gracefully")
         if settings.api_processes > 1:
             lines.append(f"API processes: {settings.api_processes}")
-        bootstrap = getattr(app.ctx, "bootstrap_message", None)
-        if bootstrap:
-            lines.append(bootstrap)
+        if kept_or_not := services_line(settings):
+            lines.append(kept_or_not)
         console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
+        if app.ctx.bootstrap_message:  # stdout on a terminal, else a 0600 file: never the log stream
+            deliver_first_key(app.ctx.bootstrap_message, settings.resolved_home)
+            app.ctx.bootstrap_message = None
 
-    def configure(app: Any) -> None:
-        app.before_server_start(_bootstrap)
-        app.after_server_start(_banner)
-
-    serve_api(settings, host=settings.api_host, port=settings.api_port, run_worker=run_workers,
-              worker_concurrency=workers or None, configure=configure)  # fmt: skip
+    try:
+        serve_api(app, settings, host=settings.api_host, port=settings.api_port)
+    finally:
+        if services is not None and getattr(app.ctx, "session", services.token) is not None:
+            services.abandon(settings.resolved_home)  # the server never got to stop them itself
 
 
 @app.command()
@@ -136,11 +169,13 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (default COMFYFLOW_WORKER_CONCURRENCY).")
     ] = None,
+    keep_services: Annotated[bool, KEEP_OPTION] = False,
 ) -> None:
     """Run job workers against the configured Redis (embedded when COMFYFLOW_REDIS_URL is unset)."""
     from comfyflow.service import run_worker
 
     settings = _settings()
+    _keep(settings, keep_services)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -150,31 +185,9 @@ def worker(
     asyncio.run(main())
 
 
-services_app = typer.Typer(help="The embedded Redis, PostgreSQL and Prefect server of this home.")
 app.add_typer(services_app, name="services")
 app.add_typer(admin_app, name="admin")
 app.add_typer(batch_app, name="batch")
-
-
-@services_app.command("start")
-def services_start() -> None:
-    """Start (or find) the embedded services and print their URLs."""
-    from comfyflow.embedded import ensure_services
-
-    settings = _settings()
-    urls = asyncio.run(ensure_services(settings))
-    redis_shown = urls.redis_url.split("@")[-1]
-    console.print(f"redis: {redis_shown}\nprefect: {urls.prefect_api_url or 'disabled'}")
-
-
-@services_app.command("stop")
-def services_stop() -> None:
-    """Stop this home's embedded services (data is kept)."""
-    from comfyflow.embedded import stop_services
-
-    settings = _settings()
-    stop_services(settings.resolved_home)
-    console.print(f"stopped the embedded services of {settings.resolved_home}")
 
 
 @app.command()
@@ -205,6 +218,7 @@ def generate(
     batch_size: int = 1,
     simulate: Annotated[bool, typer.Option(help="Start the fake ComfyUI and render on it.")] = False,
     render_time: Annotated[float, typer.Option(help="With --simulate: seconds per prompt.")] = 1.0,
+    keep_services: Annotated[bool, KEEP_OPTION] = False,
 ) -> None:
     """Run one job in-process on the embedded defaults, show its progress, print the artifact paths."""
     import pydantic
@@ -217,10 +231,13 @@ def generate(
             sampler=sampler, scheduler=scheduler, seed=seed, model=model, batch_size=batch_size,
         )  # fmt: skip
     except pydantic.ValidationError as exc:
-        for err in exc.errors():
-            console.print(f"[red]--{'.'.join(str(p) for p in err['loc'][1:]) or 'request'}: {err['msg']}[/red]")
+        from comfyflow.cli_errors import validation_lines
+
+        for line in validation_lines(Txt2ImgRequest, exc):
+            console.print(f"[red]error[/red]: {line}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
     settings = _settings()
+    _keep(settings, keep_services)
     code = asyncio.run(_generate(settings, request, simulate=simulate, render_time=render_time))
     raise typer.Exit(code)
 

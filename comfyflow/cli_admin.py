@@ -45,11 +45,13 @@ async def open_key_admin(settings: Settings) -> AsyncIterator[KeyAdmin]:
     from comfyflow.core.redis_conn import open_redis
     from comfyflow.plugins import registry
 
+    token = None
     if settings.redis_url is not None:
         url = settings.redis_url.get_secret_value()
-    else:
-        from comfyflow.embedded import ensure_redis
+    else:  # the embedded Redis, stopped again on exit when no other process uses it (embedded/sessions.py)
+        from comfyflow.embedded import ensure_redis, sessions
 
+        token = await asyncio.to_thread(sessions.join, settings.resolved_home)
         url = await asyncio.to_thread(ensure_redis, settings.resolved_home)
     redis = open_redis(settings, url)
     try:
@@ -61,6 +63,10 @@ async def open_key_admin(settings: Settings) -> AsyncIterator[KeyAdmin]:
         raise ComfyflowError("No installed auth plugin keeps API keys; install comfyflow with its apikey plugin.")
     finally:
         await redis.aclose()
+        if token is not None:
+            from comfyflow.embedded import sessions
+
+            await asyncio.to_thread(sessions.leave, settings.resolved_home, token)
 
 
 def _run(work: Callable[[KeyAdmin], Awaitable[T]]) -> T:

@@ -93,7 +93,14 @@ class Api:
 
 def load_body(path: Path) -> dict[str, Any]:
     """The batch body in ``path`` (YAML or JSON; ``-`` reads stdin)."""
-    text = typer.get_text_stream("stdin").read() if str(path) == "-" else path.read_text()
+    from comfyflow.cli_errors import existing_file
+
+    path = existing_file("FILE", path)
+    try:
+        text = typer.get_text_stream("stdin").read() if str(path) == "-" else path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]error[/red]: FILE: {path}: cannot read it ({exc})", highlight=False)
+        raise typer.Exit(2) from None
     try:
         body = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -1,4 +1,4 @@
-"""Client commands of the ``comfyflow`` program: ``submit``, ``status``, ``watch``, ``cancel``, ``jobs``.
+"""Client commands of the ``comfyflow`` program: ``submit``, ``status``, ``watch``, ``cancel``, ``retry``, ``jobs``.
 
 They talk to a running API (``comfyflow serve``) through ``comfyflow.client``; the URL and API key come from
 ``--url``/``--api-key`` or ``COMFYFLOW_URL``/``COMFYFLOW_API_KEY``, read here and passed to the client.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -54,12 +55,16 @@ def _run(url: str, api_key: str | None, action: Callable[[AsyncClient], Awaitabl
     try:
         return asyncio.run(main())
     except ApiError as exc:
-        err.print(Text.assemble((f"error {exc.status} {exc.code}", "red"), ": ", exc.message))
-        for item in exc.details if isinstance(exc.details, list) else []:
-            if isinstance(item, dict) and item.get("field"):
-                err.print(Text(f"  {item['field']}: {item.get('message', '')}"))
-        if exc.request_id:
-            err.print(f"  request id {exc.request_id}", style="dim")
+        from comfyflow.cli_errors import option_for
+
+        rid = f" (request id {exc.request_id})" if exc.request_id else ""
+        fields = [i for i in (exc.details if isinstance(exc.details, list) else []) if isinstance(i, dict)]
+        fields = [i for i in fields if i.get("field")]
+        for item in fields:  # one line per field, named as the option that sets it
+            name = str(item["field"]).split(".")[-1]
+            err.print(Text.assemble(("error", "red"), f": {option_for(name)}: {item.get('message', '')}"))
+        if not fields:
+            err.print(Text.assemble((f"error {exc.status} {exc.code}", "red"), ": ", exc.message, rid))
         raise typer.Exit(1) from None
     except (ClientError, ValueError) as exc:
         err.print(Text.assemble(("error", "red"), f": {exc}"))
@@ -153,7 +158,11 @@ def submit(
         err.print("[red]error[/red]: give a prompt, or a request with --file request.json")
         raise typer.Exit(2)
 
-    upload_file = init_image is not None and Path(init_image).is_file()
+    upload_file = init_image is not None and Path(init_image).expanduser().is_file()
+    if init_image is not None and not upload_file and not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", init_image):
+        from comfyflow.cli_errors import existing_file
+
+        existing_file("--init-image", init_image)  # not an upload id, so a file: name what is wrong with it
 
     async def action(client: AsyncClient) -> int:
         if init_image is not None:
@@ -252,6 +261,27 @@ def cancel(
     print(f"{job.job_id} {job.status.value}{note}")
 
 
+def retry(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow the job with a progress bar.")] = False,
+    as_json: AsJson = False,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Run a failed or canceled job again (a new attempt, same id). Prints its state, or follows it with --watch."""
+
+    async def action(client: AsyncClient) -> int:
+        job = await client.retry(job_id)
+        if not watch_:
+            print(_dump(job) if as_json else f"{job.job_id} {job.status.value} (attempt {job.attempt})")
+            return 0
+        job = await follow(client, job.job_id)
+        _show_final(job, as_json)
+        return 0 if job.status.value == "succeeded" else 1
+
+    raise typer.Exit(_run(url, api_key, action))
+
+
 def jobs(
     status: Annotated[
         str | None, typer.Option(help="Only jobs in this state: queued, running, succeeded, failed, canceled, expired.")
@@ -285,5 +315,5 @@ def jobs(
 
 def register(app: typer.Typer) -> None:
     """Add the client commands to the ``comfyflow`` program."""
-    for command in (submit, status, watch, cancel, jobs):
+    for command in (submit, status, watch, cancel, retry, jobs):
         app.command()(command)

@@ -15,7 +15,7 @@ import structlog
 
 from comfyflow.core.runtime import Runtime
 from comfyflow.core.worker import Runner, Worker
-from comfyflow.embedded import ServiceURLs, ensure_services
+from comfyflow.embedded import ServiceURLs, ensure_services, sessions
 from comfyflow.settings import Settings
 
 log = structlog.get_logger("comfyflow.service")
@@ -45,13 +45,29 @@ async def prefect_settings(api_url: str | None) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, **overrides: Any) -> AsyncIterator[tuple[Runtime, ServiceURLs]]:
-    urls = await ensure_services(settings)
-    rt = await Runtime.open(settings, urls.redis_url, **overrides)
+async def services_session(settings: Settings) -> AsyncIterator[ServiceURLs]:
+    """Start (or find) the services; on exit the last process using the home's embedded ones stops them,
+    unless they are kept (``comfyflow services start``, ``--keep-services``): see comfyflow/embedded/sessions.py."""
+    if not sessions.uses_embedded(settings):
+        yield await ensure_services(settings)
+        return
+    home = settings.resolved_home
+    token = await asyncio.to_thread(sessions.join, home)
     try:
-        yield rt, urls
+        yield await ensure_services(settings)
     finally:
-        await rt.aclose()
+        await asyncio.shield(asyncio.to_thread(sessions.leave, home, token))
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, **overrides: Any) -> AsyncIterator[tuple[Runtime, ServiceURLs]]:
+    """Open a runtime on the configured (or embedded) services; the embedded ones stop with the last user."""
+    async with services_session(settings) as urls:
+        rt = await Runtime.open(settings, urls.redis_url, **overrides)
+        try:
+            yield rt, urls
+        finally:
+            await rt.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -60,7 +76,8 @@ async def runner_for(rt: Runtime, urls: ServiceURLs, stop: asyncio.Event) -> Asy
     if not urls.prefect_api_url:
         yield None
         return
-    executor_mod = importlib.import_module("flows.executor")
+    # Importing Prefect takes seconds: in a thread, so that the event loop (the API of `comfyflow serve`) answers.
+    executor_mod = await asyncio.to_thread(importlib.import_module, "flows.executor")
     async with prefect_settings(urls.prefect_api_url), executor_mod.PrefectExecutor() as executor:
         watcher = asyncio.create_task(executor_mod.watch_ui(executor, rt.store, stop))
         try:
@@ -69,6 +86,18 @@ async def runner_for(rt: Runtime, urls: ServiceURLs, stop: asyncio.Event) -> Asy
             watcher.cancel()
             with contextlib.suppress(BaseException):
                 await watcher
+            await _drain_prefect_clients()
+
+
+async def _drain_prefect_clients() -> None:
+    """Send the run logs and events Prefect still holds while its server runs: the embedded one may stop right
+    after, and at interpreter exit Prefect would retry them against a stopped server for over a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            await service.drain_all(timeout=10)  # type: ignore[misc]
 
 
 async def run_plane(rt: Runtime, urls: ServiceURLs, stop: asyncio.Event) -> None:

@@ -53,7 +53,8 @@ def prefect_api_url() -> Iterator[str]:
 
 
 async def close_runtime(rt: Any) -> None:
-    """Delete a test runtime's keys (its own prefix) and close it."""
+    """Delete a test runtime's keys (its own prefix) and close it. Closing may still write (metrics flush,
+    pool deregistration): the prefix's keys are deleted again when the test ends (``_remove_test_keys``)."""
     keys = [k async for k in rt.redis.scan_iter(match=f"{rt.settings.key_prefix}:*", count=1000)]
     if keys:
         await rt.redis.delete(*keys)
@@ -68,6 +69,62 @@ def stored_files(folder: Path) -> list[str]:
     return [str(f) for f in files]
 
 
+#: Every key prefix made by this run (new_prefix): each test's are removed when it ends, all again at the end.
+_PREFIXES: set[str] = set()
+_SHARED: set[str] = set()
+
+
+def new_prefix(tag: str = "t", *, shared: bool = False) -> str:
+    """A fresh Redis key prefix, registered so that its keys on the Redis server are removed when the test that
+    made it ends (``shared``: a session or module fixture's, removed by that fixture) and again when the run
+    ends. Every test prefix is made here."""
+    made = f"{tag}{uuid.uuid4().hex[:10]}"
+    (_SHARED if shared else _PREFIXES).add(made)
+    if log := os.environ.get("COMFYFLOW_TEST_PREFIX_LOG"):  # tests/test_redis_hygiene.py checks them after a run
+        with open(log, "a") as out:
+            out.write(made + "\n")
+    return made
+
+
+def delete_prefixes(prefixes: set[str] | list[str], url: str = SERVER_REDIS) -> int:
+    """Delete every key of ``prefixes`` on the Redis at ``url``; return how many were deleted."""
+    import redis as sync_redis
+
+    if not prefixes:
+        return 0
+    client = sync_redis.Redis.from_url(url, socket_timeout=30)
+    deleted = 0
+    try:
+        for made in prefixes:
+            batch = []
+            for key in client.scan_iter(match=f"{made}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += client.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += client.unlink(*batch)
+    except sync_redis.ConnectionError:  # no Redis server in this run: nothing of ours can be on it
+        pass
+    finally:
+        client.close()
+    return deleted
+
+
+@pytest.fixture(autouse=True)
+def _remove_test_keys() -> Iterator[None]:
+    """Set up first, torn down last: removes the keys of the prefixes the test made, after everything that
+    could still write them (servers, workers, runtimes) has stopped."""
+    before = set(_PREFIXES)
+    yield
+    delete_prefixes(_PREFIXES - before)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run ends with no keys of its own left (e.g. written by a process that outlived its test)."""
+    delete_prefixes(_PREFIXES | _SHARED)
+
+
 @pytest.fixture
 def server_redis_url() -> str:
     return SERVER_REDIS
@@ -75,7 +132,7 @@ def server_redis_url() -> str:
 
 @pytest.fixture
 def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+    return new_prefix()
 
 
 @pytest.fixture

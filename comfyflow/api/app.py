@@ -44,7 +44,7 @@ from comfyflow.errors import Unauthorized
 from comfyflow.settings import Settings, load_settings
 
 #: Routes that answer without credentials. Artifact links carry their own signature instead.
-PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/openapi.json"}
+PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/docs/redoc.standalone.js", "/openapi.json"}
 SIGNED_PREFIX = "/api/v1/artifacts/"
 _names = itertools.count()
 
@@ -64,9 +64,14 @@ def create_app(
     policy: Any = None,
     run_worker: bool = False,
     worker_concurrency: int | None = None,
+    services: Any = None,
     **runtime_overrides: Any,
 ) -> Sanic:
-    """Build the API app. ``run_worker`` also runs job workers inside the server process (comfyflow serve)."""
+    """Build the API app. ``run_worker`` also runs job workers inside the server process (comfyflow serve).
+
+    The embedded services the app uses are stopped when it stops, unless another process still uses them or
+    they are kept (comfyflow/embedded/sessions.py). ``services``: an ``EarlyStart`` already starting them (serve
+    starts them before importing the app, so that both overlap)."""
     settings = settings or load_settings()
     app = Sanic(f"comfyflow_{next(_names)}", strict_slashes=False, dumps=dumps)
     app.config.REQUEST_MAX_SIZE = max(settings.max_body_bytes, settings.max_upload_bytes) + 64 * 1024
@@ -110,9 +115,20 @@ def create_app(
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:
-        from comfyflow.embedded import ensure_services
+        from comfyflow.embedded import ensure_services, sessions
 
-        urls = await ensure_services(settings)
+        app.ctx.session = None
+        if services is not None:
+            app.ctx.session = services.token
+        elif sessions.uses_embedded(settings):
+            app.ctx.session = await asyncio.to_thread(sessions.join, settings.resolved_home)
+        try:
+            urls = await (asyncio.wrap_future(services.future) if services is not None else ensure_services(settings))
+        except BaseException:
+            if app.ctx.session is not None:  # stop what was started before the failure
+                await asyncio.to_thread(sessions.leave, settings.resolved_home, app.ctx.session)
+                app.ctx.session = None
+            raise
         app.ctx.prefect_api_url = urls.prefect_api_url
         app.ctx.urls = urls
         app.ctx.rt = await Runtime.open(settings, urls.redis_url, **runtime_overrides)
@@ -145,6 +161,11 @@ def create_app(
     @app.after_server_stop
     async def _close(app: Sanic) -> None:
         await app.ctx.rt.aclose()
+        if app.ctx.session is not None:
+            from comfyflow.embedded import sessions
+
+            await asyncio.to_thread(sessions.leave, settings.resolved_home, app.ctx.session)
+            app.ctx.session = None
 
     return app
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
 from sanic import Blueprint, Request
-from sanic.response import HTTPResponse, html, json
+from sanic.response import HTTPResponse, file, html, json
 
 from comfyflow import __version__
 from comfyflow.models import JOB_REQUEST, Job
@@ -314,12 +315,23 @@ async def openapi_json(request: Request) -> HTTPResponse:
     return json(openapi())
 
 
-DOCS = """<!doctype html><html><head><meta charset="utf-8"><title>comfyflow API</title></head>
+#: ReDoc, shipped in the package (static/redoc/VERSION says which and how to update it): /docs works offline.
+REDOC = Path(__file__).parent / "static" / "redoc" / "redoc.standalone.js"
+REDOC_ROUTE = "/docs/redoc.standalone.js"
+DOCS = f"""<!doctype html><html><head><meta charset="utf-8"><title>comfyflow API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body><redoc spec-url="/openapi.json"></redoc>
 <noscript>The OpenAPI document is at <a href="/openapi.json">/openapi.json</a>.</noscript>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>"""
+<script src="{REDOC_ROUTE}"></script></body></html>"""
 
 
 @bp.get("/docs")
 async def docs(request: Request) -> HTTPResponse:
     return html(DOCS)
+
+
+@bp.get(REDOC_ROUTE)
+async def redoc_bundle(request: Request) -> HTTPResponse:
+    return await file(
+        REDOC, mime_type="application/javascript; charset=utf-8", headers={"Cache-Control": "public, max-age=86400"}
+    )

@@ -46,6 +46,15 @@ class AttemptContext:
     backend: str | None = None
     render_started: float | None = None
     render_finished: float | None = None
+    #: A prompt of this attempt may sit in a backend's queue (posted, or attached to), until its outputs are in.
+    prompt_on_backend: bool = False
+
+    @property
+    def slot_stays_taken(self) -> bool:
+        """The attempt stops (lost, or its worker shuts down) while its prompt stays in ComfyUI for the next
+        attempt to adopt: its slot lease must stay taken until that attempt takes it over or the lease expires,
+        else another job could take the slot and the backend would hold more prompts than its slots."""
+        return self.prompt_on_backend and self.stop_reason in ("lost", "shutdown")
 
     @property
     def log(self) -> Any:

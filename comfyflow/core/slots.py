@@ -85,6 +85,13 @@ class SlotPool:
         res = await self.redis.zadd(key, {lease.token: int(self.clock() * 1000) + self.lease_ms}, xx=True, ch=True)
         return bool(res) or await self.redis.zscore(key, lease.token) is not None
 
+    async def hold(self, lease: SlotLease) -> bool:
+        """Renew the lease; when it had expired (its holder was slow), take the slot again if there is room.
+        False: the slot went to someone else meanwhile."""
+        if await self.renew(lease):
+            return True
+        return await self.try_acquire([lease.backend], lease.token) is not None
+
     async def release(self, lease: SlotLease) -> None:
         """Free the slot and tell every process's waiters (one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:

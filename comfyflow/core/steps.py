@@ -29,6 +29,7 @@ from comfyflow.errors import (
     DeviceFailed,
     ExecutionFailed,
     GraphInvalid,
+    LeaseLost,
     NoHealthyBackend,
     OutOfMemory,
     Stalled,
@@ -232,7 +233,8 @@ def _higher_priority_waiting(ctx: AttemptContext) -> Callable[[], Awaitable[bool
 
 async def render_step(ctx: AttemptContext, prepared: Prepared, lease: SlotLease | None) -> Rendered:
     """Queue the graph on the leased backend (or attach to the previous attempt's prompt), wait for it, and
-    fetch every output file into the local staging folder. Releases the slot when done."""
+    fetch every output file into the local staging folder. Releases the slot as soon as the prompt has left
+    ComfyUI's queue."""
     settings = ctx.runtime.settings
     url = prepared.adopt_backend or (lease.backend if lease else prepared.reference)
     backend = ctx.runtime.backends[url]
@@ -248,17 +250,32 @@ async def render_step(ctx: AttemptContext, prepared: Prepared, lease: SlotLease 
             ctx.raw["prompts"] = json.dumps(prompts)
             if prepared.input_name and url != prepared.reference:
                 await _upload_input(ctx, backend, parse_request(ctx.job.request).init_image)  # type: ignore[union-attr]
+        ctx.prompt_on_backend = True
         outputs = await _render(ctx, backend, prepared, pid)
+        ctx.prompt_on_backend = False
+        # The prompt has left ComfyUI's queue: its slot goes to the next prompt now, not after the fetch, so the
+        # GPU's queue is refilled while this attempt downloads its outputs.
+        held, lease = lease, None
+        await _release(ctx, held)
         await ctx.progress(Progress(value=0.96, phase="fetching"), force=True)
         staged = await _fetch_all(ctx, backend, pid, outputs, settings.max_output_bytes)
+    except LeaseLost:
+        ctx.stop_reason = ctx.stop_reason or "lost"
+        raise
     finally:
-        if lease is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(ctx.runtime.slots.release(lease))
-            if lease in ctx.leases:
-                ctx.leases.remove(lease)
+        if not ctx.slot_stays_taken:  # else kept for the next attempt (see attempt.py)
+            await _release(ctx, lease)
     await ctx.update(render_finished_at=repr(time.time()))
     return Rendered(url, pid, adopted and prepared.adopt_phase == PromptPhase.SUCCEEDED.value, staged)
+
+
+async def _release(ctx: AttemptContext, lease: SlotLease | None) -> None:
+    if lease is None:
+        return
+    if lease in ctx.leases:  # first, so a heartbeat renewing it meanwhile knows it is being released
+        ctx.leases.remove(lease)
+    with contextlib.suppress(Exception):
+        await asyncio.shield(ctx.runtime.slots.release(lease))
 
 
 async def _render(ctx: AttemptContext, backend: Backend, prepared: Prepared, pid: str) -> list[Any]:

@@ -190,7 +190,7 @@ class Worker:
                 hb.cancel()
                 telemetry.attempt_done(ctx)
                 self.active.pop(claim.job_id, None)
-                for lease in list(ctx.leases):
+                for lease in [] if ctx.slot_stays_taken else list(ctx.leases):
                     with contextlib.suppress(Exception):
                         await self.rt.slots.release(lease)
                 await self._tidy(ctx, committed)
@@ -236,6 +236,7 @@ class Worker:
                 raise
             return False
         except LeaseLost:
+            ctx.stop_reason = ctx.stop_reason or "lost"
             log_.warning("attempt lost to another worker")
             return False
         except BaseException as exc:
@@ -276,8 +277,15 @@ class Worker:
             ctx.wake.clear()
             try:
                 state = await self.rt.store.heartbeat(ctx.claim)
-                for lease in list(ctx.leases):
-                    await self.rt.slots.renew(lease)
+                for lease in list(ctx.leases) if state == "ok" else []:  # a lost attempt's slot is the next one's
+                    if not await self.rt.slots.hold(lease):
+                        ctx.log.warning(
+                            "slot lease expired while this worker was slow and the slot was taken; the backend may "
+                            "hold one prompt more than its slots until this one ends",
+                            backend=lease.backend,
+                        )
+                    elif lease not in ctx.leases:  # released while we renewed it: do not take it back
+                        await self.rt.slots.release(lease)
             except Exception as exc:  # Redis blip: the lease has slack, try again next beat
                 log.warning("heartbeat failed", job_id=ctx.claim.job_id, error=str(exc))
                 continue

@@ -55,7 +55,9 @@ def postgres_bin() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-def ensure_postgres(home: Path, database: str = "prefect", *, system_user: str = "comfyflow") -> str:
+def ensure_postgres(
+    home: Path, database: str = "prefect", *, system_user: str = "comfyflow", template: bool = True
+) -> str:
     """Return a ``postgresql+asyncpg://`` URL of ``database`` on the home's embedded PostgreSQL.
 
     Starts the server (and creates the cluster and the database) when needed; shared by every process using
@@ -65,6 +67,8 @@ def ensure_postgres(home: Path, database: str = "prefect", *, system_user: str =
         home: the comfyflow home folder.
         database: database to connect to, created when missing.
         system_user: the unprivileged user the server runs as when comfyflow runs as root.
+        template: a new cluster is a copy of the template with Prefect's database migrated
+            (comfyflow/embedded/template.py), not a fresh ``initdb``.
 
     Raises:
         EmbeddedServiceError: when the cluster cannot be created or the server does not start.
@@ -75,7 +79,7 @@ def ensure_postgres(home: Path, database: str = "prefect", *, system_user: str =
     with service_lock(folder):
         state = read_state(folder)
         if not _running(folder, state):
-            state = _start(folder, state, system_user)
+            state = _start(folder, state, system_user, template)
         if database not in state.setdefault("databases", []):
             _create_database(state, database)
             state["databases"].append(database)
@@ -130,8 +134,15 @@ def _running(folder: Path, state: dict) -> bool:
     )
 
 
-def _start(folder: Path, state: dict, system_user: str) -> dict:
+def _start(folder: Path, state: dict, system_user: str, template: bool = False) -> dict:
     data = folder / "data"
+    if template and not (data / "PG_VERSION").exists():
+        from comfyflow.embedded.template import copy_template
+
+        folder.mkdir(parents=True, exist_ok=True)
+        state = copy_template(folder) or state
+        if state.get("rotate_password"):
+            write_state(folder, state)
     _prepare(folder, system_user)
     password = state.get("password")
     if not (data / "PG_VERSION").exists():
@@ -161,6 +172,10 @@ def _start(folder: Path, state: dict, system_user: str) -> dict:
     except EmbeddedServiceError as exc:
         raise EmbeddedServiceError(f"{exc}\n{folder / 'postgres.log'}:\n{log_tail(folder / 'postgres.log')}") from None
     state = {**state, "port": port, "password": password}
+    if state.pop("rotate_password", False):  # a copy of the template: its own password from now on
+        fresh = new_password()
+        _psql(state, f"ALTER USER {SUPERUSER} PASSWORD '{fresh}'")
+        state["password"] = fresh
     write_state(folder, state)
     return state
 

@@ -1,13 +1,16 @@
 """A supervised ``prefect server start`` on 127.0.0.1, its database on the home's embedded PostgreSQL.
 
 Files in ``<home>/prefect/``: ``state.json`` (pid, port), ``server.log``, ``lock`` and ``home/`` (the
-server's ``PREFECT_HOME``). Never Prefect's ephemeral mode: one real server, with its UI, shared by every
-comfyflow process using the same home, and still running after they exit until ``stop_prefect``.
+server's ``PREFECT_HOME``). Never Prefect's ephemeral mode: one real server per home, with its UI, shared by
+every comfyflow process using that home (never by another home: each has its own port, recorded in
+``state.json``), until ``stop_prefect``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import sys
@@ -18,6 +21,7 @@ from pathlib import Path
 from comfyflow.embedded.postgres import ensure_postgres
 from comfyflow.embedded.supervisor import (
     EmbeddedServiceError,
+    free_port,
     log_tail,
     pid_alive,
     port_open,
@@ -97,40 +101,79 @@ def health(port: int, timeout: float = 2.0) -> bool | None:
 
 
 def ensure_prefect(home: Path, port: int = 4200) -> str:
-    """Return the API URL of the Prefect server on 127.0.0.1:``port``, starting one when none answers there.
+    """Return the API URL of the home's own Prefect server, starting it when it does not run.
 
-    A server started here runs detached, with its database on the home's embedded PostgreSQL (started too
-    when it is down) and its log in ``<home>/prefect/server.log``. When a Prefect server that this home did
-    not start answers on the port, its URL is returned as is.
+    Each home runs its own server (never one another home or program started): on ``port`` when it is free,
+    else on the next free port above it. The port is recorded in ``<home>/prefect/state.json`` and kept while
+    it stays free, so the UI address does not move between starts. The server runs detached, with its database
+    on the home's embedded PostgreSQL (started too when it is down) and its log in ``<home>/prefect/server.log``.
 
     Raises:
-        EmbeddedServiceError: when the port is taken by something that is not a Prefect server (change
-            ``COMFYFLOW_PREFECT_PORT``), or the server does not become healthy.
+        EmbeddedServiceError: when no port is free near ``port`` or the server does not become healthy.
     """
     folder = Path(home).resolve() / "prefect"
-    api_url = f"http://{HOST}:{port}/api"
     state = read_state(folder)
-    ours = pid_alive(state.get("pid"), NEEDLE)
-    if health(port, timeout=5.0) and (  # fast path, no lock: a few milliseconds
-        not ours or (state.get("port") == port and state.get("database_url") == ensure_postgres(home))
-    ):
-        return api_url
+    if _ours_and_healthy(home, state, port, timeout=5.0):  # fast path, no lock: a few milliseconds
+        return _api_url(state["port"])
     with service_lock(folder):
         state = read_state(folder)
         if pid_alive(state.get("pid"), NEEDLE):
-            if state.get("port") == port and state.get("database_url") == ensure_postgres(home):
+            if state.get("requested", state.get("port")) == port and state.get("database_url") == ensure_postgres(home):
                 # ours, and still starting (the process that started it died before it answered) or wedged
-                wait_until(lambda: bool(health(port)) or not pid_alive(state["pid"]), START_TIMEOUT_SECONDS, 0.2)
-                if health(port):
-                    return api_url
-            # wedged, or on another port, or its database moved to another port: replace it
+                running = state["port"]
+                wait_until(lambda: bool(health(running)) or not pid_alive(state["pid"]), START_TIMEOUT_SECONDS, 0.2)
+                if health(running):
+                    return _api_url(running)
+            # wedged, or asked for another port, or its database moved to another port: replace it
             terminate(state["pid"], timeout=STOP_GRACE_SECONDS, group=True)
-        answer = health(port)
-        if answer:
-            return api_url
-        if answer is False:
-            raise _port_taken(port)
-        return _start(folder, port, api_url, ensure_postgres(home))
+        recorded = state.get("port") if state.get("requested", state.get("port")) == port else None
+        database_url = ensure_postgres(home)
+        for _ in range(3):  # another program may take the port between our probe and the server's bind
+            chosen = _free_port_from(recorded or port)
+            migrated = (
+                state.get("migrated_by") == _prefect_version() and state.get("database_url") == database_url
+            ) or (
+                not state.get("migrated_by")  # a new home whose database is a copy of the migrated template
+                and read_state(Path(home).resolve() / "postgres").get("prefect_migrated_by") == _prefect_version()
+            )
+            try:
+                return _start(folder, chosen, port, database_url, migrated=migrated)
+            except _PortTaken:
+                recorded = None
+        raise EmbeddedServiceError(f"the Prefect server could not bind a free port from {port} on {HOST}")
+
+
+def _ours_and_healthy(home: Path, state: dict, port: int, timeout: float = 2.0) -> bool:
+    return (
+        pid_alive(state.get("pid"), NEEDLE)
+        and state.get("requested", state.get("port")) == port
+        and bool(health(state["port"], timeout=timeout))
+        and state.get("database_url") == ensure_postgres(home)
+    )
+
+
+def _prefect_version() -> str:
+    return importlib.metadata.version("prefect")
+
+
+def _api_url(port: int) -> str:
+    return f"http://{HOST}:{port}/api"
+
+
+def _free_port_from(port: int, tries: int = 100) -> int:
+    """``port`` when nothing listens there and it can be bound, else the next such port above it."""
+    for candidate in range(port, min(port + tries, 65536)):
+        if not port_open(candidate, HOST, timeout=0.2) and free_port(candidate, HOST) == candidate:
+            if candidate != port:
+                logging.getLogger(__name__).warning(
+                    "port %d is taken; this home's Prefect server uses %d (recorded in the home)", port, candidate
+                )
+            return candidate
+    raise EmbeddedServiceError(
+        f"no free port in {port}..{port + tries - 1} on {HOST} for the Prefect server; set COMFYFLOW_PREFECT_PORT "
+        "to a free port (or COMFYFLOW_PREFECT_API_URL to an existing Prefect server).",
+        details={"port": port, "setting": "COMFYFLOW_PREFECT_PORT"},
+    )
 
 
 def stop_prefect(home: Path) -> bool:
@@ -153,29 +196,30 @@ def prefect_pid(home: Path) -> int | None:
     return pid if pid_alive(pid, NEEDLE) else None
 
 
-def _start(folder: Path, port: int, api_url: str, database_url: str) -> str:
+class _PortTaken(Exception):
+    pass
+
+
+def _start(folder: Path, port: int, requested: int, database_url: str, *, migrated: bool = False) -> str:
+    """Start the server; ``migrated``: its database was migrated by this Prefect version, so it skips the
+    migration check at start (seconds)."""
     log = folder / "server.log"
-    env = server_env(api_url, database_url, folder / "home")
+    api_url = _api_url(port)
+    extra = {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"} if migrated else {}
+    env = server_env(api_url, database_url, folder / "home", **extra)
     argv = [*prefect_executable(), "server", "start", "--host", HOST, "--port", str(port)]
     pid = spawn_detached(argv, log, env)
-    write_state(folder, {"pid": pid, "port": port, "database_url": database_url})
+    state = {"pid": pid, "port": port, "requested": requested, "database_url": database_url}
+    write_state(folder, state)
     wait_until(lambda: bool(health(port)) or not pid_alive(pid), START_TIMEOUT_SECONDS, 0.1)
-    if health(port):
+    if health(port) and pid_alive(pid, NEEDLE):
+        write_state(folder, {**state, "migrated_by": _prefect_version()})  # it migrated (or had no need) at start
         return api_url
     if pid_alive(pid):
         terminate(pid, group=True)
-    if "already in use" in log_tail(log, 5):
-        raise _port_taken(port)
+    if "already in use" in log_tail(log, 5) or health(port):
+        raise _PortTaken(port)
     raise EmbeddedServiceError(
         f"the Prefect server on {HOST}:{port} did not become healthy within {START_TIMEOUT_SECONDS:.0f} s; "
         f"see {log}:\n{log_tail(log)}"
-    )
-
-
-def _port_taken(port: int) -> EmbeddedServiceError:
-    return EmbeddedServiceError(
-        f"port {port} on {HOST} is taken by something that is not a Prefect server; expected a free port or "
-        "a Prefect server there. Set COMFYFLOW_PREFECT_PORT to a free port (or COMFYFLOW_PREFECT_API_URL to "
-        "an existing Prefect server).",
-        details={"port": port, "setting": "COMFYFLOW_PREFECT_PORT"},
     )

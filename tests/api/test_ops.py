@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from tests.api.helpers import error_of, submit, tiny
 
@@ -61,7 +62,23 @@ async def test_liveness_ping_openapi_and_docs(api_factory, http) -> None:  # typ
     assert {"JobRequest", "Job", "Error"} <= set(doc["components"]["schemas"])
     async with http.get(f"{base}/docs") as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
-        assert "/openapi.json" in await r.text()
+        page = await r.text()
+    assert "/openapi.json" in page
+
+
+async def test_the_docs_page_loads_nothing_from_another_host(api_factory, http) -> None:  # type: ignore[no-untyped-def]
+    base = await api_factory(run_worker=False)
+    async with http.get(f"{base}/docs") as r:
+        page = await r.text()
+    assert "://" not in page, "no absolute URL: works offline (no CDN)"
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+    scripts = re.findall(r'<script src="([^"]+)"', page)
+    assert scripts and all(s.startswith("/") for s in sources)
+    for path in scripts:
+        async with http.get(f"{base}{path}") as r:
+            assert r.status == 200 and "javascript" in r.headers["Content-Type"]
+            body = await r.read()
+        assert len(body) > 500_000 and b"Redoc" in body  # the ReDoc bundle shipped in the package
 
 
 async def _readyz(http, base: str, status: int) -> dict:  # type: ignore[no-untyped-def]

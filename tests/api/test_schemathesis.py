@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from comfyflow.api.policy import OpenPolicy
 from comfyflow.settings import Settings
 from comfyflow.testing.api_server import serve_app
 from comfyflow.testing.fake_comfyui import FakeComfyUI
-from tests.conftest import SERVER_REDIS
+from tests.conftest import SERVER_REDIS, new_prefix
 
 MAX_EXAMPLES = 100
 
@@ -41,7 +40,7 @@ class ThreadedAPI:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.prefix = f"st{uuid.uuid4().hex[:10]}"
+        self.prefix = new_prefix("st", shared=True)
         self.base = ""
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()

@@ -21,7 +21,7 @@ from comfyflow.errors import ConfigError, PluginError
 from comfyflow.models import Role
 from tests.auth.conftest import auth
 
-PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/openapi.json"}
+PUBLIC = {"/health", "/healthz", "/readyz", "/ping", "/docs", "/docs/redoc.standalone.js", "/openapi.json"}
 CONSOLE = {"/ui"}  # the web console's page and its files (no data in them); any other /ui/<name> needs a key
 PARAM = re.compile(r"<([a-z_]+)(?::[a-z]+)?>")
 #: These tests send more refused requests than one address may per minute (tests/auth/test_throttle.py): off.

@@ -9,7 +9,6 @@ and no job succeeds twice.
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -22,7 +21,7 @@ from comfyflow.core.reaper import Reaper
 from comfyflow.core.store import Claim, JobStore
 from comfyflow.models import ErrorInfo, JobResult, JobState, Txt2ImgRequest
 from comfyflow.settings import Settings
-from tests.conftest import SERVER_REDIS
+from tests.conftest import SERVER_REDIS, new_prefix
 
 WORKERS = ("w1", "w2")
 LEGAL = {
@@ -40,7 +39,7 @@ class JobMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.prefix = f"sm{uuid.uuid4().hex[:8]}"
+        self.prefix = new_prefix("sm")
         self.now = 1_800_000_000.0
         self.settings = Settings(key_prefix=self.prefix, max_attempts=3, lease_seconds=5)
         self.redis = Redis.from_url(SERVER_REDIS)

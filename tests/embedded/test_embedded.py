@@ -21,10 +21,10 @@ import pytest
 import redis
 
 from comfyflow.embedded import ServiceURLs, ensure_services, stop_services
-from comfyflow.embedded.postgres import postgres_pid, stop_postgres
+from comfyflow.embedded.postgres import ensure_postgres, postgres_pid, stop_postgres
 from comfyflow.embedded.prefect import ensure_prefect, prefect_pid
 from comfyflow.embedded.redis import ensure_redis, redis_pid, stop_redis
-from comfyflow.embedded.supervisor import EmbeddedServiceError, free_port, pid_alive, read_state
+from comfyflow.embedded.supervisor import free_port, pid_alive, read_state
 from comfyflow.settings import Settings
 
 SERVICES_IN_CHILD = """
@@ -159,27 +159,55 @@ def test_prefect_server_answers_and_stops_cleanly(home: Path) -> None:
     assert prefect_pid(home) is None and postgres_pid(home) is None and redis_pid(home) is None
 
 
-def test_a_port_taken_by_something_else_names_the_port_and_the_setting(home: Path) -> None:
-    class NotPrefect(BaseHTTPRequestHandler):
+@pytest.mark.slow
+def test_a_taken_port_moves_the_home_s_own_prefect_server_to_the_next_free_one(home: Path) -> None:
+    class LooksLikePrefect(BaseHTTPRequestHandler):  # e.g. another home's Prefect server: never used as is
         def do_GET(self) -> None:
-            self.send_response(404)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
             self.end_headers()
+            self.wfile.write(b"true")
 
         def log_message(self, *args) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), NotPrefect)
+    server = HTTPServer(("127.0.0.1", 0), LooksLikePrefect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        with pytest.raises(EmbeddedServiceError) as caught:
-            ensure_prefect(home, port)
+        url = ensure_prefect(home, port)
+        own = read_state(home / "prefect")["port"]
+        assert own != port and url == f"http://127.0.0.1:{own}/api"
+        assert read_state(home / "prefect")["requested"] == port
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            assert json.loads(response.read()) is True
+        assert ensure_prefect(home, port) == url  # found again, on the port recorded in the home
     finally:
         server.shutdown()
         server.server_close()
-    assert f"port {port}" in caught.value.message
-    assert "COMFYFLOW_PREFECT_PORT" in caught.value.message
-    assert postgres_pid(home) is None  # nothing was started for a server that cannot run
+    stop_services(home)
+    assert ensure_prefect(home, port) == url, "restarted on its recorded port while it stays free"
+
+
+@pytest.mark.slow
+def test_a_new_home_copies_the_migrated_template_with_a_password_of_its_own(home: Path) -> None:
+    import importlib.metadata
+
+    from comfyflow.embedded.template import ensure_template
+
+    template = read_state(ensure_template() / "postgres")
+    url = ensure_postgres(home)
+    state = read_state(home / "postgres")
+    assert state["password"] != template["password"] and f":{state['password']}@" in url
+    assert state["prefect_migrated_by"] == importlib.metadata.version("prefect")
+    assert not (home / "postgres" / "initdb.pw").exists()
+    port = free_port()
+    api = ensure_prefect(home, port)  # starts without migrating: the copied database is at Prefect's head
+    assert read_state(home / "prefect")["migrated_by"] == importlib.metadata.version("prefect")
+    request = urllib.request.Request(f"{api}/flows/", data=b'{"name": "probe"}',
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["name"] == "probe"
 
 
 async def test_configured_urls_start_nothing(home: Path) -> None:

@@ -34,7 +34,9 @@ FAST = {
     "backend_down_after": 2,
     "backend_up_after": 2,
     "lease_seconds": 1.0,
-    "slot_lease_seconds": 4.0,
+    # A slot lease outlives any stall of a busy 2-core machine (a worker paused past it loses its slot to another
+    # job while its prompt still runs); a dead worker's slots still free within seconds.
+    "slot_lease_seconds": 10.0,
     "retry_backoff_seconds": 0.05,
     "retry_backoff_max_seconds": 0.2,
     "max_attempts": 5,

@@ -106,6 +106,10 @@ local function finish(job, evkey, state, now, ttl, extra)
   ack(job)
   count(job, state)
   redis.call('HSET', job, 'state', state, 'finished_at', now, 'worker', '')
+  if state ~= 'succeeded' then  -- a canceled or failed job is not left "rendering": its phase is its end
+    local ok, p = pcall(cjson.decode, redis.call('HGET', job, 'progress') or '{}')
+    redis.call('HSET', job, 'progress', cjson.encode({value = (ok and type(p) == 'table' and p.value) or 0, phase = state}))
+  end
   owner_release(job)
   if extra then redis.call('HSET', job, unpack(extra)) end
   local attempt = tonumber(redis.call('HGET', job, 'attempt'))
