@@ -138,3 +138,35 @@ async def test_ui_cancel_interrupts_the_running_job(prefect_api_url, fake, runti
     assert done.status == JobState.CANCELED
     assert fake.interrupts
     await _wait_state(cur.flow_run_id, "Cancelled")
+
+
+async def test_the_generate_flow_still_runs_on_prefects_own_engine(
+    prefect_api_url, fake, runtime_factory, server_redis_url
+) -> None:  # type: ignore[no-untyped-def]
+    """comfyflow's executor writes the records beside the attempt, but ``generate`` stays a real Prefect flow:
+    run by Prefect's engine on a claimed attempt it renders and stores the job, as its four task runs."""
+    from prefect.flow_engine import run_flow_async
+
+    from comfyflow.core.attempt import AttemptContext
+    from comfyflow.core.queue import QueueReader
+    from flows.generate import ACTIVE, generate
+
+    rt = await runtime_factory(backends=[fake.url], prefect_enabled=True)
+    job = (await rt.store.submit(Txt2ImgRequest(prompt="engine", steps=2))).job
+    msg = await QueueReader(rt.redis, rt.store.keys, "engine", rt.settings.priority_weights).next(block_ms=2000)
+    assert msg is not None
+    claim = await rt.store.claim(msg, "engine")
+    assert claim is not None and claim.job_id == job.job_id
+    ctx = AttemptContext(rt, claim, await rt.store.get(job.job_id), await rt.store.raw(job.job_id))  # type: ignore[arg-type]
+    ACTIVE[(job.job_id, claim.attempt)] = ctx
+    try:
+        state = await run_flow_async(generate, parameters={"job_id": job.job_id, "attempt": claim.attempt},
+                                     return_type="state")  # fmt: skip
+    finally:
+        ACTIVE.pop((job.job_id, claim.attempt), None)
+    assert state.is_completed(), state
+    assert ctx.result is not None and ctx.result.artifacts
+    assert await rt.store.complete(claim, ctx.result)
+    flow_run_id = state.state_details.flow_run_id
+    names = sorted(t.name.rsplit("-", 1)[0] for t in await task_runs(flow_run_id, 4))
+    assert names == ["acquire_slot", "render", "store", "validate"]
