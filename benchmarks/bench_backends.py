@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _harness import cpu as _cpu
 from redis.asyncio import Redis
 
 from comfyflow.testing.api_server import free_port
@@ -102,14 +103,6 @@ def _spawn_worker(env: dict[str, str], concurrency: int, log: Path) -> subproces
 
 
 # --- measuring ------------------------------------------------------------------------------------------------------
-def _cpu(proc: psutil.Process) -> float:
-    try:
-        t = proc.cpu_times()
-        return t.user + t.system
-    except psutil.Error:
-        return 0.0
-
-
 def _tree(proc: psutil.Process) -> float:
     with contextlib.suppress(psutil.Error):
         return _cpu(proc) + sum(_cpu(c) for c in proc.children(recursive=True))

@@ -46,6 +46,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from _harness import cpu as _cpu
+
 from comfyflow import logs
 from comfyflow.core.runtime import Runtime
 from comfyflow.embedded import ServiceURLs
@@ -91,14 +93,6 @@ class Meters:
             out["prefect"] = _tree_cpu(self.prefect_pids)
             out["postgres"] = _postgres()
         return out
-
-
-def _cpu(proc: psutil.Process) -> float:
-    try:
-        t = proc.cpu_times()
-        return t.user + t.system
-    except psutil.Error:
-        return 0.0
 
 
 _PG_SEEN: dict[int, float] = {}

@@ -44,6 +44,7 @@ from typing import Any
 import httpx
 import psutil
 import redis
+from _harness import PostgresMeter, tree_cpu
 
 from comfyflow.core.attempt import prompt_id_for
 from comfyflow.testing.api_server import free_port
@@ -78,36 +79,6 @@ def _wait(check: Any, timeout: float, what: str) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"{what} not ready within {timeout:.0f} s")
-
-
-def _cpu(proc: psutil.Process) -> float:
-    try:
-        t = proc.cpu_times()
-        return t.user + t.system
-    except psutil.Error:
-        return 0.0
-
-
-def _tree(pid: int) -> float:
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        return _cpu(root) + sum(_cpu(c) for c in root.children(recursive=True))
-    return 0.0
-
-
-class Postgres:
-    """CPU of the PostgreSQL backends that serve one database (those that ended included: sampled)."""
-
-    def __init__(self, database: str | None) -> None:
-        self.database = database
-        self.seen: dict[int, float] = {}
-
-    def read(self) -> float:
-        if self.database:
-            for p in psutil.process_iter(["cmdline"]):
-                if self.database in " ".join(p.info["cmdline"] or ()):
-                    self.seen[p.pid] = max(self.seen.get(p.pid, 0.0), _cpu(p))
-        return sum(self.seen.values())
 
 
 @contextlib.contextmanager
@@ -225,7 +196,7 @@ def measure(mode: str, urls: list[str], args: argparse.Namespace, prefect: tuple
         env["COMFYFLOW_PREFECT_ENABLED"] = "false"
     else:
         env["COMFYFLOW_PREFECT_API_URL"] = prefect[0]
-    pg = Postgres(prefect[2] if prefect else None)
+    pg = PostgresMeter(prefect[2] if prefect else None)
     r = redis.Redis.from_url(redis_url)
     try:
         with serve(env, home) as (base, proc), httpx.Client(base_url=base, timeout=30) as http:
@@ -234,9 +205,9 @@ def measure(mode: str, urls: list[str], args: argparse.Namespace, prefect: tuple
 
             def meters() -> dict[str, float]:
                 info = r.info("cpu")
-                out = {"serve": _tree(proc.pid), "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"])}
+                out = {"serve": tree_cpu(proc.pid), "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"])}
                 if prefect is not None:
-                    out["prefect"] = _tree(prefect[1])
+                    out["prefect"] = tree_cpu(prefect[1])
                     out["postgres"] = pg.read()
                 return out
 
