@@ -10,6 +10,7 @@ cost the GPU nothing; none of them can fail a job, a batch or a pipeline run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Coroutine
@@ -109,9 +110,13 @@ async def _final(runtime: Runtime, job_id: str, timeout: float = 10.0) -> Job | 
     return job
 
 
-async def publish_attempt(client: PrefectClient, flow_run_id: UUID | str, ctx: AttemptContext) -> list[UUID]:
+async def publish_attempt(
+    client: PrefectClient, flow_run_id: UUID | str, ctx: AttemptContext, *, gate: Any = None
+) -> list[UUID]:
     """``publish_job`` for a finished attempt of comfyflow's executor: reads the job as saved, signs a link to
-    its first image with the owner's link lifetime, and attaches it all to the attempt's flow run."""
+    its first image with the owner's link lifetime, and attaches it all to the attempt's flow run. ``gate``: an
+    async context manager held around the Prefect calls only (the executor's bound on calls in flight), not
+    while waiting for the job to be saved."""
     rt = ctx.runtime
     job = await _final(rt, ctx.job.job_id)
     if job is None:
@@ -125,7 +130,8 @@ async def publish_attempt(client: PrefectClient, flow_run_id: UUID | str, ctx: A
         signer = rt.extras["artifact_links"]
         ttl = rt.settings.limits.for_role(ctx.raw.get("role") or "internal").url_ttl_seconds
         image_url = await signer.url(base, images[0].key, ttl)
-    return await publish_job(client, flow_run_id, job, base_url=base, image_url=image_url)
+    async with gate or contextlib.nullcontext():
+        return await publish_job(client, flow_run_id, job, base_url=base, image_url=image_url)
 
 
 # --- batches -------------------------------------------------------------------------------------------------

@@ -151,8 +151,7 @@ class PrefectExecutor:
     async def publish_artifacts(self, flow_run_id: UUID, ctx: AttemptContext) -> None:
         """The job's link and table as artifacts of its run (issue 17), after its final state."""
         assert self.client is not None
-        async with self.calls:
-            await publish_attempt(self.client, flow_run_id, ctx)
+        await publish_attempt(self.client, flow_run_id, ctx, gate=self.calls)
 
     async def update_tags(self, flow_run_id: UUID, tags: list[str]) -> None:
         assert self.client is not None

@@ -23,5 +23,23 @@ def serve(app: Sanic, settings: Settings, *, host: str, port: int) -> None:
     # The worker processes are forked from this one and inherit the app built above; nothing (Redis, storage,
     # job workers, embedded services) is opened before they start: each opens its own in its listeners.
     Sanic.start_method = "fork"
+    _stop_waiting_for_acks_on_shutdown()
     app.prepare(host=host, port=port, workers=settings.api_processes, access_log=False, motd=False)
     Sanic.serve(primary=app)
+
+
+def _stop_waiting_for_acks_on_shutdown() -> None:
+    """Sanic 25.12's process manager waits for every worker's startup ack in a loop that, when SIGTERM arrives
+    meanwhile, sends its own shutdown message back to itself forever: a stop right after start hung the server.
+    Count a manager that is shutting down as acked, so it goes on to stop its workers."""
+    from sanic.worker.manager import WorkerManager
+
+    acked = WorkerManager._all_workers_ack
+    if getattr(acked, "_comfyflow", False):
+        return
+
+    def acked_or_stopping(self: WorkerManager) -> bool:
+        return bool(getattr(self, "_shutting_down", False)) or bool(acked(self))
+
+    acked_or_stopping._comfyflow = True  # type: ignore[attr-defined]
+    WorkerManager._all_workers_ack = acked_or_stopping  # type: ignore[method-assign]

@@ -17,6 +17,7 @@ import aiohttp
 import psutil
 from redis.asyncio import Redis
 
+from comfyflow.cli_banner import KEY_FILE
 from comfyflow.testing.api_server import free_port
 from tests.conftest import SERVER_REDIS
 
@@ -41,9 +42,19 @@ async def test_two_api_processes_serve_one_port(tmp_path: Path, prefix: str, htt
             assert proc.poll() is None, out.read_text()
             assert time.monotonic() < deadline, out.read_text()
             await asyncio.sleep(0.2)
+        while out.read_text().count("Worker ready") < 2:  # both API processes up (a stop while one still boots
+            assert proc.poll() is None, out.read_text()  # is Sanic's to handle, not what this test is about)
+            assert time.monotonic() < deadline, out.read_text()
+            await asyncio.sleep(0.2)
         text = out.read_text()
         assert text.count("comfyflow API on") == 1, text
-        key = re.search(r"cf_live_[A-Za-z0-9_]+", text).group(0)  # type: ignore[union-attr]
+        assert "cf_live_" not in text, "the first key never goes to a non-terminal stdout"
+        key_file = tmp_path / "home" / KEY_FILE  # stdout is not a terminal here: the key is in a 0600 file
+        for _ in range(100):
+            if key_file.exists():
+                break
+            await asyncio.sleep(0.1)
+        key = re.search(r"cf_live_[A-Za-z0-9_]+", key_file.read_text()).group(0)  # type: ignore[union-attr]
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "serve" in " ".join(p.cmdline())]
         assert len(workers) >= 2, [p.cmdline() for p in workers]
 
@@ -58,8 +69,8 @@ async def test_two_api_processes_serve_one_port(tmp_path: Path, prefix: str, htt
             async with http.get(f"{base}/api/v1/jobs/{job_id}", headers=headers) as r:
                 assert r.status == 200 and (await r.json())["status"] == "queued"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:  # to the main process only, as a supervisor does: it stops its API processes
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
