@@ -27,32 +27,34 @@ def replicas() -> Iterator[list[str]]:
         yield urls
 
 
-def _flow_run(api: str, run_id: str) -> dict[str, Any]:
-    r = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10)
+async def _flow_run(api: str, run_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(f"{api}/flow_runs/{run_id}")
     assert r.status_code == 200, r.text
     return dict(r.json())
 
 
-def _task_runs(api: str, run_id: str) -> list[dict[str, Any]]:
+async def _task_runs(api: str, run_id: str) -> list[dict[str, Any]]:
     body = {"flow_runs": {"id": {"any_": [run_id]}}}
-    r = httpx.post(f"{api}/task_runs/filter", json=body, timeout=10)
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(f"{api}/task_runs/filter", json=body)
     assert r.status_code == 200, r.text
     return list(r.json())
 
 
-def _recorded(api: str, run_id: str, *, retried: bool = False) -> bool:
+async def _recorded(api: str, run_id: str, *, retried: bool = False) -> bool:
     """The flow run is Completed and its (last) attempt's four steps are Completed task runs, read through ``api``.
 
     A retried run keeps its first attempt's task runs too, whose ``render`` failed.
     """
-    tasks = _task_runs(api, run_id)
+    tasks = await _task_runs(api, run_id)
     states = [(t["name"].rsplit("-", 1)[0], t["state"]["type"] if t["state"] else None) for t in tasks]
     completed = sorted(name for name, state in states if state == "COMPLETED")
     if retried:
         ok = ("render", "FAILED") in states and {*completed} == {*STEPS} and completed.count("render") == 1
     else:
         ok = completed == STEPS and len(states) == 4
-    return ok and _flow_run(api, run_id)["state"]["type"] == "COMPLETED"
+    return ok and (await _flow_run(api, run_id))["state"]["type"] == "COMPLETED"
 
 
 async def _flow_run_id(rt: Any, job_id: str) -> str:
@@ -72,7 +74,7 @@ async def _flow_run_id(rt: Any, job_id: str) -> str:
 async def test_two_api_replicas_record_every_job_and_retry_through_either(  # type: ignore[no-untyped-def]
     fakes, make_settings, redis_url, processes: Processes, replicas: list[str], scale_runtime
 ) -> None:
-    a, b = replicas
+    _, b = replicas
     settings = make_settings(backends=[f.url for f in fakes.values()], redis_url=redis_url, **FAST)
     for i, api in enumerate(replicas):  # worker0 talks to replica A only, worker1 to replica B only
         env = worker_env(
@@ -89,7 +91,11 @@ async def test_two_api_replicas_record_every_job_and_retry_through_either(  # ty
         assert all(j.status == JobState.SUCCEEDED for j in jobs), [j.error for j in jobs]
         runs = [await _flow_run_id(rt, j) for j in ids]
         for api in replicas:  # every run, with its four task runs, through either replica
-            await until(lambda api=api: all(_recorded(api, r) for r in runs), timeout=60, what=f"all recorded ({api})")
+
+            async def all_recorded(api: str = api) -> bool:
+                return all([await _recorded(api, r) for r in runs])
+
+            await until(all_recorded, timeout=60, what=f"all recorded ({api})")
         ran = {n: processes.log(n, tail=None).count("job succeeded") for n in ("worker0", "worker1")}
         assert sum(ran.values()) == len(ids) and all(ran.values()), f"both workers (both replicas) ran jobs: {ran}"
 
@@ -103,11 +109,16 @@ async def test_two_api_replicas_record_every_job_and_retry_through_either(  # ty
         (failed,) = await wait_all(rt, [job_id], timeout=120, procs=processes)
         assert failed.status == JobState.FAILED and failed.attempt == 1, failed
         run_id = await _flow_run_id(rt, job_id)
-        await until(lambda: _flow_run(b, run_id)["state"]["type"] == "FAILED", timeout=30, what="Failed via B")
+
+        async def failed_via_b() -> bool:
+            return bool((await _flow_run(b, run_id))["state"]["type"] == "FAILED")
+
+        await until(failed_via_b, timeout=30, what="the failed run, read through replica B")
         for fake in fakes.values():
             fake.faults.fail_node_types = set()
         state = {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}
-        r = httpx.post(f"{b}/flow_runs/{run_id}/set_state", json={"state": state, "force": True}, timeout=10)
+        async with httpx.AsyncClient(timeout=10) as http:  # what the UI's Retry button sends, to replica B
+            r = await http.post(f"{b}/flow_runs/{run_id}/set_state", json={"state": state, "force": True})
         assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text
 
         async def retried() -> bool:
