@@ -164,7 +164,6 @@ async def generate(jobs: int, concurrency: int) -> None:
     reader = QueueReader(rt.redis, rt.store.keys, "bench", rt.settings.priority_weights)
     try:
         async with PrefectExecutor() as ex:
-
             claiming = asyncio.Lock()  # one reader: its lanes take turns
 
             async def one(seed: int) -> None:

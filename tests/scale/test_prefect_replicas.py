@@ -118,7 +118,9 @@ async def test_two_api_replicas_record_every_job_and_retry_through_either(  # ty
     a, b = replicas
     settings = make_settings(backends=[f.url for f in fakes.values()], redis_url=redis_url, **FAST)
     envs = [
-        worker_env(settings, COMFYFLOW_PREFECT_ENABLED="true", COMFYFLOW_PREFECT_API_URL=api, COMFYFLOW_LOG_LEVEL="INFO")
+        worker_env(
+            settings, COMFYFLOW_PREFECT_ENABLED="true", COMFYFLOW_PREFECT_API_URL=api, COMFYFLOW_LOG_LEVEL="INFO"
+        )
         for api in replicas
     ]
     for i, env in enumerate(envs):  # worker0 talks to replica A only, worker1 to replica B only
