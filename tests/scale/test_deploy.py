@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from comfyflow.embedded.prefect import SERVER_TUNING
 from comfyflow.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -23,7 +24,16 @@ COMPOSE = DEPLOY / "compose"
 K8S = DEPLOY / "k8s"
 BIN = Path(sys.executable).parent
 K8S_VERSIONS = ("1.30.0", "1.34.0")
-INFRA = ("redis", "postgres", "prefect", "minio", "storage-init")
+INFRA = ("redis", "postgres", "prefect-migrate", "prefect-api", "prefect-services", "prefect", "minio", "storage-init")
+#: One-shot or port-less: no HTTP to check (the others have a healthcheck).
+NO_HEALTHCHECK = ("storage-init", "prefect-migrate", "prefect-services")
+#: Every Prefect process shares these (Prefect's "How to scale self-hosted Prefect", prefect-redis).
+PREFECT_REDIS = {
+    "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+    "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+}
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\})")
 
 
@@ -103,7 +113,7 @@ def test_compose_files_parse_under_the_compose_spec(name: str) -> None:
             source = vol.split(":")[0]
             assert source.startswith((".", "/")) or source in (data.get("volumes") or {}), f"{svc_name}: {vol}"
     for svc_name in INFRA:
-        assert services[svc_name].get("healthcheck") or svc_name == "storage-init", f"{svc_name} has a healthcheck"
+        assert services[svc_name].get("healthcheck") or svc_name in NO_HEALTHCHECK, f"{svc_name} has a healthcheck"
 
 
 def test_the_full_stack_scales_workers_and_configures_comfyflow_with_known_settings(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -116,7 +126,8 @@ def test_the_full_stack_scales_workers_and_configures_comfyflow_with_known_setti
         strip = lambda s: {k: v for k, v in s.items() if k != "ports"}  # noqa: E731
         assert strip(full["services"][svc]) == strip(infra["services"][svc]), f"{svc} differs between the files"
         for port in infra["services"][svc].get("ports") or []:
-            assert port.startswith("127.0.0.1:"), f"infra ports stay on loopback: {svc} {port}"
+            loopback = port.get("host_ip") == "127.0.0.1" if isinstance(port, dict) else port.startswith("127.0.0.1:")
+            assert loopback, f"infra ports stay on loopback: {svc} {port}"
     known = _settings_fields()
     monkeypatch.chdir(tmp_path)  # no stray .env file is read
     for name in ("api", "worker"):
@@ -175,7 +186,6 @@ def test_kubernetes_workloads_have_probes_resources_and_run_unprivileged() -> No
     assert api["args"] == ["serve", "--workers", "0"]
     worker = docs[("Deployment", "comfyflow-worker")]["spec"]["template"]["spec"]
     assert worker["terminationGracePeriodSeconds"] > 30, "longer than the worker's own 30 s grace"
-    assert docs[("Deployment", "prefect")]["spec"]["replicas"] == 1
     for (kind, name), doc in docs.items():
         if kind not in ("Deployment", "StatefulSet"):
             continue
@@ -184,7 +194,8 @@ def test_kubernetes_workloads_have_probes_resources_and_run_unprivileged() -> No
         for c in pod["containers"]:
             assert {"requests", "limits"} <= set(c["resources"]), f"{name}/{c['name']} has requests and limits"
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
-            assert "livenessProbe" in c or name == "comfyflow-worker", f"{name}/{c['name']} has a liveness probe"
+            no_http = name in ("comfyflow-worker", "prefect-services")
+            assert "livenessProbe" in c or no_http, f"{name}/{c['name']} has a liveness probe"
 
 
 def test_kustomize_builds_and_the_result_matches_the_schemas() -> None:
@@ -196,3 +207,62 @@ def test_kustomize_builds_and_the_result_matches_the_schemas() -> None:
     assert all(d["metadata"].get("namespace", "comfyflow") == "comfyflow" for d in docs)
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+
+
+def _prefect_shape(processes: dict[str, tuple[list[str], dict[str, Any]]], replicas: int) -> None:
+    """Several API replicas without services, exactly one services process, one database, one Redis messaging."""
+    api = [n for n, (argv, _) in processes.items() if argv[:2] == ["server", "start"]]
+    services = [n for n, (argv, _) in processes.items() if argv == ["server", "services", "start"]]
+    assert replicas > 1 and len(api) == 1 and len(services) == 1, (api, services, replicas)
+    assert "--no-services" in processes[api[0]][0], "API replicas leave the background services to one process"
+    envs = [env for _, env in processes.values()]
+    for key in ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_REDIS_MESSAGING_URL", "PREFECT_SERVER_DOCKET_URL"):
+        assert len({env.get(key) for env in envs}) == 1 and envs[0].get(key), f"every Prefect process shares {key}"
+    for env in envs:
+        assert PREFECT_REDIS.items() <= env.items(), f"Redis messaging everywhere: {env}"
+        assert str(env["PREFECT_API_DATABASE_MIGRATE_ON_START"]).lower() == "false", "migrations run once"
+        assert env["PREFECT_REDIS_MESSAGING_URL"].endswith("/1"), "Prefect's Redis DB beside comfyflow's DB 0"
+        for name, value in SERVER_TUNING.items():
+            assert str(env.get(name)) == value, f"{name}: comfyflow's recorder batching"
+
+
+def test_compose_scales_the_prefect_api_beside_one_services_process() -> None:
+    for name in ("docker-compose.yml", "docker-compose.infra.yml"):
+        services = _compose(name)["services"]
+        prefect = {n: s for n, s in services.items() if s.get("entrypoint") == ["prefect"]}
+        assert set(prefect) == {"prefect-migrate", "prefect-api", "prefect-services"}, sorted(prefect)
+        migrate = prefect.pop("prefect-migrate")
+        assert migrate["command"] == ["server", "database", "upgrade", "-y"] and migrate["restart"] == "no"
+        procs = {n: (s["command"], s["environment"]) for n, s in prefect.items()}
+        _prefect_shape(procs, int(services["prefect-api"]["deploy"]["replicas"]))
+        assert "deploy" not in services["prefect-services"], "one services process, never scaled"
+        for svc in prefect.values():
+            assert svc["depends_on"]["prefect-migrate"]["condition"] == "service_completed_successfully"
+            assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        # `prefect` (the name comfyflow and the UI use) balances over the replicas, websockets included
+        lb = services["prefect"]
+        assert lb["ports"] == ["127.0.0.1:4200:4200"] and lb["depends_on"]["prefect-api"]
+        conf = lb["command"][0]
+        assert "server prefect-api:4200;" in conf and "proxy_set_header Upgrade $http_upgrade;" in conf
+
+
+def test_kubernetes_scales_the_prefect_api_beside_one_services_process() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in _manifests()}
+    config = docs[("ConfigMap", "prefect-config")]["data"]
+    procs, replicas = {}, {}
+    for name in ("prefect", "prefect-services"):
+        spec = docs[("Deployment", name)]["spec"]
+        replicas[name] = spec["replicas"]
+        (container,) = spec["template"]["spec"]["containers"]
+        assert container["envFrom"] == [{"configMapRef": {"name": "prefect-config"}}]
+        env = {**config, **{e["name"]: e.get("value", "secret") for e in container["env"]}}
+        procs[name] = (container["args"], env)
+    _prefect_shape(procs, replicas["prefect"])
+    assert replicas["prefect-services"] == 1
+    assert docs[("Deployment", "prefect-services")]["spec"]["strategy"]["type"] == "Recreate", "never two at once"
+    (init,) = docs[("Deployment", "prefect-services")]["spec"]["template"]["spec"]["initContainers"]
+    assert init["args"] == ["server", "database", "upgrade", "-y"], "the services pod migrates, once"
+    selector = docs[("Service", "prefect")]["spec"]["selector"]
+    assert selector.items() <= docs[("Deployment", "prefect")]["spec"]["template"]["metadata"]["labels"].items()
+    services_labels = docs[("Deployment", "prefect-services")]["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= services_labels.items(), "the Service balances over the API replicas only"
