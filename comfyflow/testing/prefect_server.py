@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from comfyflow.embedded.postgres import ensure_postgres, postgres_bin
-from comfyflow.embedded.prefect import health, prefect_executable, server_env
+from comfyflow.embedded.prefect import health, niced, prefect_executable, server_env
 from comfyflow.embedded.supervisor import (
     EmbeddedServiceError,
     free_port,
@@ -73,7 +73,7 @@ def prefect_server(admin_url: str | None = None, *, services: bool = True) -> It
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = server_env(api_url, _db_url(admin, database), workdir, PREFECT_API_DATABASE_MIGRATE_ON_START="false")
-    argv = [*prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    argv = niced([*prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)])
     log = workdir / "server.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
