@@ -137,3 +137,27 @@ async def test_a_lost_workers_last_attempt_ends_crashed_without_a_next_attempt(
             assert done.status == JobState.FAILED and done.error is not None and done.error.code == "WORKER_LOST"
             crashed = await _wait_state(lost_run, "Crashed", timeout=30)
     assert "worker lost" in (crashed.state.message or "")
+
+
+async def test_jobs_run_at_full_speed_when_prefect_goes_away(
+    prefect_api_url, fake, runtime_factory, server_redis_url
+) -> None:  # type: ignore[no-untyped-def]
+    """Prefect down after the workers started: every job still succeeds; only its records are missing."""
+    from prefect.client.orchestration import PrefectClient
+
+    from comfyflow.testing.api_server import free_port
+
+    rt = await runtime_factory(backends=[fake.url], prefect_enabled=True)
+    async with executor_for(rt, server_redis_url, prefect_api_url) as executor:
+        live = executor.client
+        executor.client = PrefectClient(f"http://127.0.0.1:{free_port()}/api")  # nothing listens there
+        await executor.client.__aenter__()
+        try:
+            async with worker(rt, executor):
+                jobs = [(await rt.store.submit(Txt2ImgRequest(prompt=f"p{i}", steps=2))).job for i in range(3)]
+                done = [await wait_done(rt, j.job_id, timeout=30) for j in jobs]
+        finally:
+            await executor.client.__aexit__(None, None, None)
+            executor.client = live
+    assert all(d.status == JobState.SUCCEEDED for d in done), [d.error for d in done]
+    assert all(d.flow_run_id is None for d in done)
