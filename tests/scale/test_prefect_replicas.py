@@ -141,7 +141,9 @@ async def test_two_api_replicas_record_every_job_and_retry_through_either(  # ty
 
             await until(all_recorded, timeout=60, what=f"all recorded ({api})")
         ran = {n: processes.log(n, tail=None).count("job succeeded") for n in ("worker0", "worker1")}
-        assert sum(ran.values()) == len(ids) and all(ran.values()), f"both workers (both replicas) ran jobs: {ran}"
+        # which worker claims which job is the queue's choice (one may take all 8); each replica's worker runs
+        # jobs for certain in the two Retry phases below, where the other worker is stopped
+        assert sum(ran.values()) == len(ids), f"every job ran once: {ran}"
 
         await _stop(processes, "worker1")  # Retry through replica B; the only worker talks to replica A
         await _ui_retry(rt, fakes, processes, b, "worker0", replicas)
