@@ -31,17 +31,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+from _harness import cpu
 
 from comfyflow.testing.prefect_replicas import prefect_replicas
 from comfyflow.testing.prefect_server import COPY_PREFIX
-
-
-def _cpu(proc: psutil.Process) -> float:
-    try:
-        t = proc.cpu_times()
-        return t.user + t.system
-    except psutil.Error:
-        return 0.0
 
 
 class Meter:
@@ -56,11 +49,11 @@ class Meter:
             kind = ("services" if "services start" in cmd else "api" if "server start" in cmd
                     else "redis" if "redis-server" in cmd else "")  # fmt: skip
             if kind:
-                self.seen[(kind, child.pid)] = max(self.seen.get((kind, child.pid), 0.0), _cpu(child))
+                self.seen[(kind, child.pid)] = max(self.seen.get((kind, child.pid), 0.0), cpu(child))
         needle = f"{COPY_PREFIX}{os.getpid()}_"
         for p in psutil.process_iter(["cmdline"]):
             if needle in " ".join(p.info["cmdline"] or ()):
-                self.seen[("postgres", p.pid)] = max(self.seen.get(("postgres", p.pid), 0.0), _cpu(p))
+                self.seen[("postgres", p.pid)] = max(self.seen.get(("postgres", p.pid), 0.0), cpu(p))
         out: dict[str, float] = {}
         for (kind, _), value in self.seen.items():
             out[kind] = out.get(kind, 0.0) + value
@@ -135,12 +128,12 @@ def main() -> None:
     results = {}
     for replicas in (1, 2):
         results[replicas] = fig = run_shape(replicas, args.jobs, args.generators, args.concurrency)
-        cpu = fig["api_cpu_s"] + fig["services_cpu_s"] + fig["postgres_cpu_s"] + fig["redis_cpu_s"]
+        used = fig["api_cpu_s"] + fig["services_cpu_s"] + fig["postgres_cpu_s"] + fig["redis_cpu_s"]
         print(f"{replicas} API replica(s): {fig['records_per_s']:6.1f} records/s ({fig['seconds']:.1f} s, sent in "
-              f"{fig['sent_s']:.1f} s); server CPU {1000 * cpu / args.jobs:.0f} ms/record = API "
+              f"{fig['sent_s']:.1f} s); server CPU {1000 * used / args.jobs:.0f} ms/record = API "
               f"{fig['api_cpu_s']:.1f} s + services {fig['services_cpu_s']:.1f} s + PostgreSQL "
               f"{fig['postgres_cpu_s']:.1f} s + Redis {fig['redis_cpu_s']:.1f} s over {fig['seconds']:.1f} s "
-              f"({cpu / fig['seconds']:.2f} cores); load generators {fig['generators_cpu_s']:.1f} s "
+              f"({used / fig['seconds']:.2f} cores); load generators {fig['generators_cpu_s']:.1f} s "
               f"({fig['generators_cpu_s'] / fig['seconds']:.2f} cores)", flush=True)  # fmt: skip
     print(f"ratio 2 replicas / 1 replica: {results[2]['records_per_s'] / results[1]['records_per_s']:.2f}x records/s")
 

@@ -143,10 +143,16 @@ class PrefectExecutor:
             if run.state is not None and not run.state.is_final():
                 await self.force_state(run.id, Crashed(message=f"worker lost during attempt {attempt}; job reclaimed"))
 
-    async def force_state(self, flow_run_id: UUID, state: State[Any]) -> None:
+    async def force_state(self, flow_run_id: UUID, state: State[Any], *, quiet: bool = False) -> None:
+        """Set the run's state whatever it was; ``quiet``: a failure is only logged (the UI's view, not the job's)."""
         assert self.client is not None
-        async with self.calls:
-            await asyncio.shield(self.client.set_flow_run_state(flow_run_id, state, force=True))
+        try:
+            async with self.calls:
+                await asyncio.shield(self.client.set_flow_run_state(flow_run_id, state, force=True))
+        except Exception as exc:
+            if not quiet:
+                raise
+            log.warning("could not set a flow run's state", flow_run_id=str(flow_run_id), error=str(exc))
 
     async def publish_artifacts(self, flow_run_id: UUID, ctx: AttemptContext) -> None:
         """The job's link and table as artifacts of its run (issue 17), after its final state."""
@@ -157,10 +163,6 @@ class PrefectExecutor:
         assert self.client is not None
         async with self.calls:
             await self.client.update_flow_run(flow_run_id, tags=tags)
-
-    async def _force(self, flow_run_id: UUID, state: Any) -> None:
-        with contextlib.suppress(Exception):
-            await self.force_state(flow_run_id, state)
 
 
 async def watch_ui(executor: PrefectExecutor, store: JobStore, stop: asyncio.Event, interval: float = 1.0) -> None:
@@ -218,7 +220,7 @@ class Reconciler:
                         if job is not None and job.flow_run_id == str(run.id)
                         else Crashed(message="worker lost during this attempt; the job moved on without it")
                     )
-                    await self.executor._force(run.id, state)
+                    await self.executor.force_state(run.id, state, quiet=True)
         self.suspects = stale
 
 
@@ -256,10 +258,10 @@ async def _apply(executor: PrefectExecutor, store: JobStore, run: Any) -> None:
     if run.state.name == "Cancelling":
         outcome = await store.cancel(job_id)
         if outcome != "requested":  # no worker holds it: nobody else will finish the run's state
-            await executor._force(run.id, Cancelled(message=f"job {job_id} is {outcome}"))
+            await executor.force_state(run.id, Cancelled(message=f"job {job_id} is {outcome}"), quiet=True)
         return
     outcome, detail = await store.retry(job_id, flow_run_id=str(run.id))
     if outcome == "queued":
         log.info("retry from the Prefect UI", job_id=job_id, attempt=detail)
     elif detail != "queued":  # nothing to retry (running or succeeded): do not leave the run waiting forever
-        await executor._force(run.id, Cancelled(message=f"job {job_id} is {detail}; nothing to retry"))
+        await executor.force_state(run.id, Cancelled(message=f"job {job_id} is {detail}; nothing to retry"), quiet=True)

@@ -7,15 +7,7 @@ import asyncio
 
 from comfyflow.core.worker import Worker, backoff
 from comfyflow.models import JobState, Txt2ImgRequest
-from tests.core.conftest import running_worker, wait_done
-
-
-async def _until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
+from tests.core.conftest import running_worker, until, wait_done
 
 
 async def test_stop_with_every_slot_busy_claims_nothing_more(fake, runtime_factory) -> None:  # type: ignore[no-untyped-def]
@@ -25,7 +17,7 @@ async def test_stop_with_every_slot_busy_claims_nothing_more(fake, runtime_facto
     second = (await rt.store.submit(Txt2ImgRequest(prompt="two", steps=2))).job
     stop = asyncio.Event()
     task = asyncio.create_task(Worker(rt, concurrency=1).run(stop, grace=20))
-    await _until(lambda: len(fake.prompts_posted) == 1)
+    await until(lambda: len(fake.prompts_posted) == 1)
     stop.set()  # what SIGTERM does
     await asyncio.wait_for(task, timeout=40)
     done = await rt.store.get(first.job_id)
@@ -43,7 +35,7 @@ async def test_release_on_shutdown_never_uses_up_the_last_attempt(fake, runtime_
     job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", steps=2))).job
     stop = asyncio.Event()
     task = asyncio.create_task(Worker(rt, concurrency=1).run(stop, grace=0.1))
-    await _until(lambda: bool(fake.prompts_posted))
+    await until(lambda: bool(fake.prompts_posted))
     stop.set()
     await asyncio.wait_for(task, timeout=30)
     released = await rt.store.get(job.job_id)

@@ -11,15 +11,7 @@ import asyncio
 from comfyflow.core.reaper import Reaper
 from comfyflow.core.worker import Worker
 from comfyflow.models import JobState, Txt2ImgRequest
-from tests.core.conftest import running_worker, wait_done
-
-
-async def _until(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+from tests.core.conftest import running_worker, until, wait_done
 
 
 async def _watch_bound(rt, fake, violations: list[str], stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
@@ -45,7 +37,7 @@ async def test_a_lost_attempt_keeps_its_slot_for_the_next_one(fake, runtime_fact
         async def posted() -> bool:
             return bool(fake.prompts_posted)
 
-        await _until(posted)
+        await until(posted)
         watcher = asyncio.create_task(_watch_bound(rt, fake, violations, stop))
         # As if this worker had been too slow to renew its job lease: another worker's reaper reclaims it.
         reclaimed = await Reaper(rt.store, "another-worker").run_once(min_idle_ms=0)
@@ -72,7 +64,7 @@ async def test_a_worker_shut_down_mid_render_leaves_the_slot_to_the_next_attempt
     async def posted() -> bool:
         return bool(fake.prompts_posted)
 
-    await _until(posted)
+    await until(posted)
     stop.set()
     await asyncio.wait_for(task, timeout=20)
     queue = fake.state()["queue"]

@@ -9,15 +9,7 @@ import pytest
 
 from comfyflow.core import slots as slots_module
 from comfyflow.core.slots import SlotPool
-from tests.core.conftest import running_worker
-
-
-async def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from tests.core.conftest import running_worker, until
 
 
 @pytest.mark.parametrize("freed_by", ["this process", "another process"])
@@ -26,7 +18,7 @@ async def test_a_waiter_takes_a_freed_slot_at_once(fake, runtime_factory, monkey
     rt = await runtime_factory(backends=[fake.url])
     async with running_worker(rt, concurrency=1):  # its control-channel listener is the other processes' ear
         channel = rt.store.keys.control
-        await _until(lambda: _subscribers(rt, channel))
+        await until(lambda: _subscribers(rt, channel))
         holder = (
             rt.slots
             if freed_by == "this process"
