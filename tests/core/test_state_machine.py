@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -22,6 +23,10 @@ from comfyflow.core.store import Claim, JobStore
 from comfyflow.models import ErrorInfo, JobResult, JobState, Txt2ImgRequest
 from comfyflow.settings import Settings
 from tests.conftest import SERVER_REDIS, new_prefix
+
+# Thousands of Redis round trips: ~35 s on a quiet 2-core machine, past pytest's default 120 s when the
+# machine is loaded (it hit that bound twice in full runs); the bound stays, sized for a busy machine.
+pytestmark = pytest.mark.timeout(480)
 
 WORKERS = ("w1", "w2")
 LEGAL = {
