@@ -43,12 +43,9 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopba
 
 
 def prefect_executable() -> list[str]:
-    """Return the argv prefix that runs the ``prefect`` CLI of this interpreter's environment."""
-    script = Path(sys.executable).with_name("prefect")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("prefect")
-    return [found] if found else [sys.executable, "-m", "prefect"]
+    """Return the argv prefix that runs the ``prefect`` CLI of this interpreter's environment, as
+    ``comfyflow-prefect`` (``comfyflow.embedded.prefect_main``: its server binds timestamps cheaply)."""
+    return [sys.executable, "-m", "comfyflow.embedded.prefect_main"]
 
 
 #: Scheduling priority of the embedded Prefect server (``nice``): on a machine that also feeds GPUs, the kernel

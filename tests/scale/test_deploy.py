@@ -229,7 +229,7 @@ def _prefect_shape(processes: dict[str, tuple[list[str], dict[str, Any]]], repli
 def test_compose_scales_the_prefect_api_beside_one_services_process() -> None:
     for name in ("docker-compose.yml", "docker-compose.infra.yml"):
         services = _compose(name)["services"]
-        prefect = {n: s for n, s in services.items() if s.get("entrypoint") == ["prefect"]}
+        prefect = {n: s for n, s in services.items() if s.get("entrypoint") == ["comfyflow-prefect"]}
         assert set(prefect) == {"prefect-migrate", "prefect-api", "prefect-services"}, sorted(prefect)
         migrate = prefect.pop("prefect-migrate")
         assert migrate["command"] == ["server", "database", "upgrade", "-y"] and migrate["restart"] == "no"
@@ -254,6 +254,7 @@ def test_kubernetes_scales_the_prefect_api_beside_one_services_process() -> None
         spec = docs[("Deployment", name)]["spec"]
         replicas[name] = spec["replicas"]
         (container,) = spec["template"]["spec"]["containers"]
+        assert container["command"] == ["comfyflow-prefect"], "Prefect's CLI with comfyflow's timestamp binding"
         assert container["envFrom"] == [{"configMapRef": {"name": "prefect-config"}}]
         env = {**config, **{e["name"]: e.get("value", "secret") for e in container["env"]}}
         procs[name] = (container["args"], env)
