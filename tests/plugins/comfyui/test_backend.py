@@ -96,11 +96,13 @@ async def test_render_succeeds_with_progress_events_and_fetches(backend, fake):
     assert progress and progress[-1].node_type == "KSampler" and progress[-1].max == 3
     status = await backend.lookup(prompt_id)
     assert status.phase is PromptPhase.SUCCEEDED and status.outputs == outputs
-    fetched = await backend.fetch(outputs[0], max_bytes=10_000_000)
-    assert fetched.data.startswith(b"\x89PNG") and fetched.content_type == "image/png"
-    assert fetched.extension == "png"
+    async with backend.open_output(outputs[0], max_bytes=10_000_000) as stream:
+        data = b"".join([chunk async for chunk in stream.chunks])
+    assert data.startswith(b"\x89PNG") and stream.content_type == "image/png"
+    assert stream.extension == "png" and stream.size == len(data)
     with pytest.raises(OutputTooLarge):
-        await backend.fetch(outputs[0], max_bytes=10)
+        async with backend.open_output(outputs[0], max_bytes=10):
+            pass
 
 
 async def test_a_finished_prompt_is_adopted_without_posting_again(backend, fake):
@@ -240,8 +242,8 @@ async def test_upload_then_img2img(backend, fake):
     await backend.validate(graph)
     outputs = await backend.render(graph, pid(), on_event=Events(), stall_timeout=5)
     assert outputs
-    fetched = await backend.fetch(outputs[0], max_bytes=10_000_000)
-    assert fetched.extension == "png"
+    async with backend.open_output(outputs[0], max_bytes=10_000_000) as stream:
+        assert stream.extension == "png"
 
 
 async def test_health_and_lookup_of_an_unknown_prompt(backend, fake):
