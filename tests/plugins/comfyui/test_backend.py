@@ -4,6 +4,7 @@ import asyncio
 import io
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -20,9 +21,10 @@ from comfyflow.errors import (
 from comfyflow.models import Img2ImgRequest, Txt2ImgRequest
 from comfyflow.plugins.comfyui.backend import ComfyUIBackend, ComfyUIBackendFactory
 from comfyflow.plugins.comfyui.templates import build_graph, default_model
-from comfyflow.plugins.protocols import Backend, PromptPhase
+from comfyflow.plugins.protocols import Backend, OutputRef, PromptPhase
 from comfyflow.settings import Settings
 from comfyflow.testing import fake_comfyui
+from comfyflow.testing.backend_contract import OutputStreamContract
 
 FakeComfyUI = fake_comfyui.FakeComfyUI
 SETTINGS = Settings(_env_file=None, object_info_ttl_seconds=60)
@@ -278,3 +280,15 @@ async def test_waiting_behind_another_prompt_is_not_a_stall(slow_fake):
         assert any(e.type == "progress" for e in events)
     finally:
         await b.aclose()
+
+
+class TestComfyUIOutputStreams(OutputStreamContract):
+    """The output-streaming contract for the ComfyUI backend, against the fake's ``/view`` (a real socket)."""
+
+    @pytest.fixture
+    def serve_output(self, fake):
+        def serve(name: str, data: bytes) -> OutputRef:
+            (Path(fake.dirs.output) / name).write_bytes(data)
+            return OutputRef("9", "gifs", name)
+
+        return serve
