@@ -247,6 +247,8 @@ class StorageContract:
         assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
         assert hashlib.sha256(await storage.get(f"{ns}/big.bin")).digest() == hashlib.sha256(data).digest()
         assert await storage.read_range(f"{ns}/big.bin", len(data) - 5, len(data) + 5) == data[-5:]
+        info = await storage.info(f"{ns}/big.bin")
+        assert info is not None and info.size == len(data) and info.sha256 in ("", stored.sha256)
         assert await storage.list(ns) == [f"{ns}/big.bin"]
 
     async def test_put_file_of_an_empty_file(self, storage: Storage, ns: str, local_file) -> None:  # type: ignore[no-untyped-def]
