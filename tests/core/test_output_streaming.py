@@ -150,21 +150,25 @@ def _s3_options(endpoint: S3Endpoint) -> dict[str, Any]:
 
 
 async def test_a_large_output_goes_to_storage_in_bounded_memory(fake, open_runtime, storage_settings) -> None:  # type: ignore[no-untyped-def]
-    """48 MiB output: the worker's fetch-check-store path holds a chunk (local) or an S3 part or two, not the
-    output. The old path held it twice (the downloaded buffer and its copy): ~96 MiB over the baseline."""
+    """48 MiB output: the worker's fetch-check-store path holds a few 1 MiB chunks (aiohttp's read buffer, the
+    batch being written; measured ~4 MiB), on S3 also two copies of one 8 MiB part (s3fs's read, aiohttp's body
+    payload; ~17 MiB) - never the output. The old path held it twice (downloaded buffer and copy): ~96 MiB."""
     size = 48 * MIB
     ref, digest = big_output(fake, size)
     rt, backend = await open_runtime(fake, ExtraOutput, max_output_bytes=size, **storage_settings)
-    bound = 2 * UPLOAD_PART_BYTES + 4 * MIB if storage_settings else 4 * MIB
+    bound = 2 * UPLOAD_PART_BYTES + 6 * MIB if storage_settings else 6 * CHUNK
     async with running_worker(rt):
         peaks = []
-        for extra in (None, ref):  # the same job without the large output is the baseline
+        # A warm-up job pays the one-off costs (clients, service models), then the same job without the large
+        # output is the baseline.
+        for extra, measured in ((None, False), (None, True), (ref, True)):
             backend.ref = extra
-            with traced() as peak:
+            with traced() if measured else contextlib.nullcontext([0]) as peak:
                 job = (await rt.store.submit(Txt2ImgRequest(prompt="fox", width=64, height=64, steps=2))).job
                 done = await wait_done(rt, job.job_id, timeout=60)
             assert done.status == JobState.SUCCEEDED, done.error
-            peaks.append(peak[0])
+            if measured:
+                peaks.append(peak[0])
     assert done.result is not None
     (big,) = [a for a in done.result.artifacts if a.kind == "gifs"]
     assert (big.size, big.sha256, big.content_type) == (size, digest, "video/webm")
