@@ -1,12 +1,13 @@
 """Checks of the files ComfyUI hands back, before anything is stored: an image output must start with its
 format's magic bytes, decode completely with Pillow, and stay under a pixel limit (decompression bombs).
 
-CPU work: call :func:`check_output` off the event loop (``asyncio.to_thread``), never on it.
+They read the staged file (Pillow reads it in blocks; the decoded pixels, at most ``max_pixels``, are the only
+large allocation). CPU and disk work: call :func:`check_output` off the event loop (``asyncio.to_thread``).
 """
 
 from __future__ import annotations
 
-import io
+import os
 import warnings
 
 from PIL import Image
@@ -22,9 +23,9 @@ IMAGE_FORMATS: dict[str, tuple[tuple[bytes, ...], tuple[str, ...]]] = {
 }
 
 
-def check_output(data: bytes, content_type: str, *, max_pixels: int, name: str = "output") -> None:
-    """Raise BadOutput unless ``data`` is a whole, decodable image of ``content_type`` within ``max_pixels``.
-    Other content types (video, audio, text, ...) are not checked here.
+def check_output(path: str | os.PathLike[str], content_type: str, *, max_pixels: int, name: str = "output") -> None:
+    """Raise BadOutput unless the file at ``path`` is a whole, decodable image of ``content_type`` within
+    ``max_pixels``. Other content types (video, audio, text, ...) are not checked here.
 
     Raises:
         BadOutput: wrong magic bytes, truncated or undecodable, or more pixels than allowed.
@@ -33,16 +34,18 @@ def check_output(data: bytes, content_type: str, *, max_pixels: int, name: str =
     if expected is None:
         return
     magics, formats = expected
-    if not any(data.startswith(m) for m in magics) or (content_type == "image/webp" and data[8:12] != b"WEBP"):
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if not any(head.startswith(m) for m in magics) or (content_type == "image/webp" and head[8:12] != b"WEBP"):
         raise BadOutput(
-            f"{name}: ComfyUI returned {len(data)} bytes that are not a {content_type} (they start with "
-            f"{data[:8]!r}); nothing was stored",
+            f"{name}: ComfyUI returned {os.path.getsize(path)} bytes that are not a {content_type} (they start "
+            f"with {head[:8]!r}); nothing was stored",
             details={"file": name, "content_type": content_type, "reason": "magic"},
         )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=list(formats)) as img:
+            with Image.open(path, formats=list(formats)) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadOutput(
@@ -51,7 +54,7 @@ def check_output(data: bytes, content_type: str, *, max_pixels: int, name: str =
                         details={"file": name, "width": width, "height": height, "reason": "pixels"},
                     )
                 img.verify()
-            with Image.open(io.BytesIO(data), formats=list(formats)) as img:
+            with Image.open(path, formats=list(formats)) as img:
                 img.load()  # verify() does not decode: a truncated image data stream shows only here
     except BadOutput:
         raise

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import secrets
 import time
@@ -324,29 +323,26 @@ async def _render(ctx: AttemptContext, backend: Backend, prepared: Prepared, pid
 
 
 async def _fetch_all(ctx: AttemptContext, backend: Backend, pid: str, outputs: list[Any], cap: int) -> list[Staged]:
+    """Stream each output into the staging folder (hashed on the way, at most ``cap`` bytes), then check it there.
+    About one chunk of an output is in memory at a time; the staged files go at the end of the attempt."""
     folder = staging.attempt_folder(ctx.runtime.staging, ctx.job.job_id, ctx.claim.attempt)
-    folder.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     staged = []
     for index, ref in enumerate(outputs):
-        fetched = await backend.fetch(ref, max_bytes=cap)
+        name = f"output {index} ({ref.node_id})"
+        async with backend.open_output(ref, max_bytes=cap) as stream:
+            path = folder / f"{index}.{stream.extension}"
+            written = await staging.write_stream(stream.chunks, path, max_bytes=cap, name=name)
         await asyncio.to_thread(  # CPU work (Pillow), off the loop that also runs heartbeats
-            check_output, fetched.data, fetched.content_type, max_pixels=ctx.runtime.settings.max_output_pixels,
-            name=f"output {index} ({ref.node_id})",
-        )  # fmt: skip
-        path = folder / f"{index}.{fetched.extension}"
-        await asyncio.to_thread(path.write_bytes, fetched.data)
-        digest = await asyncio.to_thread(_sha256, fetched.data)
+            check_output, path, stream.content_type, max_pixels=ctx.runtime.settings.max_output_pixels, name=name
+        )
         staged.append(
             Staged(
-                index, str(path), fetched.content_type, fetched.extension, len(fetched.data), digest, ref.kind,
+                index, str(path), stream.content_type, stream.extension, written.size, written.sha256, ref.kind,
                 ref.node_id,
             )
         )  # fmt: skip
     return staged
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 async def store_step(ctx: AttemptContext, prepared: Prepared, rendered: Rendered) -> JobResult:

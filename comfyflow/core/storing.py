@@ -1,4 +1,5 @@
 """Storing a finished render: artifacts under ``jobs/{job_id}/{attempt}/{index}.{ext}``, then ``metadata.json``.
+Artifacts are streamed from their staged files (``Storage.put_file``), never read into memory whole.
 
 Every write is retried with backoff while storage is down, within ``store_timeout_seconds``; every file is
 verified (size and sha256) before the job may be marked succeeded, so a job never succeeds without its files.
@@ -10,6 +11,8 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -49,8 +52,10 @@ async def drop_other_attempts(storage: Storage, job_id: str, result: JobResult) 
     return removed
 
 
-async def _put_verified(ctx: AttemptContext, key: str, data: bytes, content_type: str, sha256: str) -> StoredObject:
-    storage = ctx.runtime.storage
+async def _put_verified(
+    ctx: AttemptContext, key: str, write: Callable[[], Awaitable[StoredObject]], size: int, sha256: str
+) -> StoredObject:
+    """Run ``write`` (one put) until storage answers with what was meant: ``size`` bytes of digest ``sha256``."""
     timeout = ctx.runtime.settings.store_timeout_seconds
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(StorageError),
@@ -62,20 +67,20 @@ async def _put_verified(ctx: AttemptContext, key: str, data: bytes, content_type
         with attempt:
             try:
                 async with asyncio.timeout(ctx.runtime.settings.storage_call_timeout_seconds):
-                    stored = await storage.put(key, data, content_type=content_type)
+                    stored = await write()
             except TimeoutError as exc:  # a hung S3 (e.g. never answering a PUT's 100-continue) times nothing out
                 raise StorageError(
                     f"{key}: storage did not answer within {ctx.runtime.settings.storage_call_timeout_seconds:g}s "
                     "(COMFYFLOW_STORAGE_CALL_TIMEOUT_SECONDS)",
                     details={"key": key},
                 ) from exc
-            if stored.size != len(data) or stored.sha256 != sha256:
+            if stored.size != size or stored.sha256 != sha256:
                 raise StorageError(
-                    f"{key}: stored {stored.size} bytes (sha256 {stored.sha256[:12]}), expected {len(data)} "
+                    f"{key}: stored {stored.size} bytes (sha256 {stored.sha256[:12]}), expected {size} "
                     f"bytes (sha256 {sha256[:12]})",
                     details={"key": key},
                 )
-    ctx.runtime.metrics.add(metrics.STORAGE_BYTES, value=len(data))
+    ctx.runtime.metrics.add(metrics.STORAGE_BYTES, value=size)
     return stored
 
 
@@ -83,10 +88,11 @@ async def store_outputs(ctx: AttemptContext, prepared: Prepared, rendered: Rende
     job_id = ctx.job.job_id
     started = time.time()
     artifacts: list[Artifact] = []
+    storage = ctx.runtime.storage
     for f in rendered.files:
-        data = await asyncio.to_thread(_read, f.path)
         key = artifact_key(job_id, ctx.claim.attempt, f.index, f.extension)
-        await _put_verified(ctx, key, data, f.content_type, f.sha256)
+        put_staged = partial(storage.put_file, key, f.path, content_type=f.content_type, sha256=f.sha256)
+        await _put_verified(ctx, key, put_staged, f.size, f.sha256)
         art = Artifact(
             index=f.index, key=key, content_type=f.content_type, size=f.size, sha256=f.sha256, kind=f.kind,
             node_id=f.node_id,
@@ -104,7 +110,10 @@ async def store_outputs(ctx: AttemptContext, prepared: Prepared, rendered: Rende
     meta = _metadata(ctx, prepared, result, started)
     body = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
     meta_key = metadata_key(job_id, ctx.claim.attempt)
-    await _put_verified(ctx, meta_key, body, "application/json", hashlib.sha256(body).hexdigest())
+    await _put_verified(
+        ctx, meta_key, lambda: storage.put(meta_key, body, content_type="application/json"), len(body),
+        hashlib.sha256(body).hexdigest(),
+    )  # fmt: skip
     return result
 
 
@@ -127,8 +136,3 @@ def _metadata(ctx: AttemptContext, prepared: Prepared, result: JobResult, store_
         },
         "artifacts": [a.model_dump(exclude={"url"}) for a in result.artifacts],
     }
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()

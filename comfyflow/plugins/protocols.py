@@ -6,9 +6,11 @@ Plugins are found through the entry-point groups ``comfyflow.backends``, ``comfy
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from os import PathLike
 from typing import Any, Protocol, runtime_checkable
 
 # --- render backends --------------------------------------------------------------------------------------------
@@ -26,10 +28,13 @@ class OutputRef:
 
 
 @dataclass(frozen=True)
-class FetchedOutput:
-    data: bytes
+class OutputStream:
+    """One output file while it downloads: what it is, and its bytes in chunks (never the whole file at once)."""
+
     content_type: str
     extension: str  # lower-case, without dot, e.g. "png"
+    chunks: AsyncIterator[bytes]
+    size: int | None = None  # the length the server announced, when it did
 
 
 class PromptPhase(StrEnum):
@@ -124,12 +129,14 @@ class Backend(Protocol):
         """Remove the prompt from the backend's queue if pending; interrupt it if running. Idempotent."""
         ...
 
-    async def fetch(self, ref: OutputRef, *, max_bytes: int) -> FetchedOutput:
-        """Download one output file.
+    def open_output(self, ref: OutputRef, *, max_bytes: int) -> AbstractAsyncContextManager[OutputStream]:
+        """Start downloading one output file; read ``chunks`` inside the ``async with``, which closes the
+        download on exit. Chunks are bounded (about 1 MiB): a caller that writes each one away holds no more.
 
-        Raises:
-            OutputTooLarge: when it is bigger than ``max_bytes``.
-            BackendUnavailable: on connection errors and 5xx.
+        Raises (on entering, or while ``chunks`` is read):
+            OutputTooLarge: when its announced size is bigger than ``max_bytes``, or once more than ``max_bytes``
+                bytes have arrived (a server that announced no size, or a wrong one).
+            BackendUnavailable: on connection errors, a cut-off download and answers other than success.
         """
         ...
 
@@ -174,6 +181,27 @@ class Storage(Protocol):
 
         Raises:
             StorageError: when the write fails or cannot be verified.
+        """
+        ...
+
+    async def put_file(
+        self, key: str, path: str | PathLike[str], *, content_type: str, sha256: str | None = None
+    ) -> StoredObject:
+        """Write the local file at ``path`` to ``key`` without reading it into memory whole (bounded chunks or
+        parts), atomically like ``put``: no reader ever sees a partial object, and a failed or cancelled write
+        leaves none (nor anything of it). Verifies the size after writing.
+
+        Args:
+            key: where it goes.
+            path: a local file; not modified.
+            content_type: MIME type.
+            sha256: the file's digest (hex) when the caller computed it while writing the file; recorded as given.
+                Computed here, reading the file in chunks, when None.
+        Returns:
+            The key, size, sha256 and content type of what was written.
+        Raises:
+            ValidationError: when the key is not valid.
+            StorageError: when the file cannot be read, or the write fails or cannot be verified.
         """
         ...
 

@@ -236,3 +236,36 @@ def moto_s3_server(bucket: str = "comfyflow-test") -> Iterator[MotoS3Server]:
     """Run a :class:`MotoS3Server` for the duration of the block (a session fixture's body)."""
     with MotoS3Server(bucket=bucket) as server:
         yield server
+
+
+@contextmanager
+def moto_s3_process(bucket: str = "comfyflow-test") -> Iterator[S3Endpoint]:
+    """A :class:`MotoS3Server` in a child process (its memory and threads apart from the caller's, e.g. for
+    memory measurements), stopped when the block ends."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom comfyflow.testing.moto_server import MotoS3Server\n"
+        f"server = MotoS3Server(bucket={bucket!r})\nserver.start()\nprint(server.port, flush=True)\n"
+        "sys.stdin.read()\nserver.stop()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError(f"moto did not start in its child process (printed {line!r})")
+        yield S3Endpoint(endpoint_url=f"http://127.0.0.1:{int(line)}", bucket=bucket)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the child stops its server and exits
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -11,7 +11,8 @@ pattern of fsspec's ``tests/abstract``)::
             yield storage
             await storage.aclose()
 
-Every test writes under its own random folder, so one storage (one bucket) may serve the whole session.
+Every test writes under its own random folder, so one storage (one bucket) may serve the whole session; local
+files for ``put_file`` go to pytest's ``tmp_path``.
 Class attributes say what the backend can do:
 
 - Storages that hand out direct URLs also subclass ``ExpiringSignedUrlContract`` (refused once expired).
@@ -21,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
-from comfyflow.errors import NotFound, ValidationError
+from comfyflow.errors import NotFound, StorageError, ValidationError
 from comfyflow.plugins.protocols import Storage, StoredObject
 
 BAD_KEYS = ["", "/abs/0.png", "../up.png", "a/../../b.png", "a/./b.png", "./a.png", "a//b.png", "a/",
@@ -54,6 +57,17 @@ class StorageContract:
     def ns(self) -> str:
         """A folder no other test uses."""
         return f"contract-{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def local_file(self, tmp_path: Path):  # type: ignore[no-untyped-def]
+        """Writes bytes to a new local file and returns its path (what ``put_file`` uploads)."""
+
+        def write(data: bytes) -> Path:
+            path = tmp_path / f"local-{uuid.uuid4().hex[:8]}.bin"
+            path.write_bytes(data)
+            return path
+
+        return write
 
     async def test_is_a_storage(self, storage: Storage) -> None:
         assert isinstance(storage, Storage)
@@ -201,6 +215,96 @@ class StorageContract:
             *(storage.put(key, p, content_type="application/octet-stream") for p in payloads)
         )
         assert await storage.get(key) in payloads
+        assert await storage.list(ns) == [key]
+
+    async def test_put_file_round_trips_and_reports_size_sha256_and_type(
+        self, storage: Storage, ns: str, local_file
+    ) -> None:  # type: ignore[no-untyped-def]
+        data = os.urandom(300_000)
+        path = local_file(data)
+        stored = await storage.put_file(f"{ns}/0.webm", path, content_type="video/webm")
+        digest = hashlib.sha256(data).hexdigest()
+        assert stored == StoredObject(f"{ns}/0.webm", len(data), digest, "video/webm")
+        assert await storage.get(f"{ns}/0.webm") == data
+        info = await storage.info(f"{ns}/0.webm")
+        assert info is not None and info.size == len(data) and info.sha256 in ("", digest)
+        assert path.read_bytes() == data, "the local file is left as it was"
+
+    async def test_put_file_records_the_digest_the_caller_computed(
+        self, storage: Storage, ns: str, local_file
+    ) -> None:  # type: ignore[no-untyped-def]
+        data = b"\x89PNG\r\n\x1a\n" + b"\x01" * 5000
+        digest = hashlib.sha256(data).hexdigest()
+        stored = await storage.put_file(f"{ns}/0.png", str(local_file(data)), content_type="image/png", sha256=digest)
+        assert (stored.size, stored.sha256) == (len(data), digest)
+        info = await storage.info(f"{ns}/0.png")
+        assert info is not None and info.sha256 in ("", digest)
+
+    async def test_put_file_of_a_large_file_arrives_whole(self, storage: Storage, ns: str, local_file) -> None:  # type: ignore[no-untyped-def]
+        """Larger than two S3 parts of 8 MiB, so a multipart upload where there is one."""
+        data = os.urandom(17 * 1024 * 1024 + 3)
+        stored = await storage.put_file(f"{ns}/big.bin", local_file(data), content_type="application/octet-stream")
+        assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        assert hashlib.sha256(await storage.get(f"{ns}/big.bin")).digest() == hashlib.sha256(data).digest()
+        assert await storage.read_range(f"{ns}/big.bin", len(data) - 5, len(data) + 5) == data[-5:]
+        info = await storage.info(f"{ns}/big.bin")
+        assert info is not None and info.size == len(data) and info.sha256 in ("", stored.sha256)
+        assert await storage.list(ns) == [f"{ns}/big.bin"]
+
+    async def test_put_file_of_an_empty_file(self, storage: Storage, ns: str, local_file) -> None:  # type: ignore[no-untyped-def]
+        stored = await storage.put_file(f"{ns}/empty.bin", local_file(b""), content_type="application/octet-stream")
+        assert (stored.size, stored.sha256) == (0, hashlib.sha256(b"").hexdigest())
+        assert await storage.get(f"{ns}/empty.bin") == b""
+
+    async def test_put_file_overwrites_and_leaves_no_temporary_objects(
+        self, storage: Storage, ns: str, local_file
+    ) -> None:  # type: ignore[no-untyped-def]
+        key = f"{ns}/0.png"
+        await storage.put_file(key, local_file(b"long" * 1000), content_type="image/png")
+        await storage.put_file(key, local_file(b"short"), content_type="image/png")
+        assert await storage.get(key) == b"short"
+        assert await storage.list(ns) == [key]
+
+    async def test_put_file_of_a_missing_file_is_a_permanent_storage_error(
+        self, storage: Storage, ns: str, tmp_path: Path
+    ) -> None:
+        with pytest.raises(StorageError) as caught:
+            await storage.put_file(f"{ns}/0.png", tmp_path / "never-written.png", content_type="image/png")
+        assert not caught.value.transient, "trying again cannot bring the file back"
+        assert await storage.list(ns) == []
+
+    @pytest.mark.parametrize("bad", BAD_KEYS)
+    async def test_put_file_rejects_bad_keys(self, storage: Storage, bad: str, local_file) -> None:  # type: ignore[no-untyped-def]
+        with pytest.raises(ValidationError):
+            await storage.put_file(bad, local_file(b"x"), content_type="image/png")
+
+    async def test_readers_never_see_a_partial_object_from_put_file(
+        self, storage: Storage, ns: str, local_file
+    ) -> None:  # type: ignore[no-untyped-def]
+        key = f"{ns}/big.bin"
+        versions = [b"a" * (1 << 20), b"b" * (3 << 20)]
+        files = [local_file(v) for v in versions]
+        await storage.put_file(key, files[0], content_type="application/octet-stream")
+        writing = True
+        reads = 0
+
+        async def reader() -> None:
+            nonlocal reads
+            while writing:
+                data = await storage.get(key)
+                assert data in versions, f"read {len(data)} bytes, a partial object"
+                reads += 1
+
+        async def writer() -> None:
+            nonlocal writing
+            try:
+                for i in range(6):
+                    await storage.put_file(key, files[(i + 1) % 2], content_type="application/octet-stream")
+            finally:
+                writing = False
+
+        await asyncio.gather(writer(), reader(), reader())
+        assert reads > 0
         assert await storage.list(ns) == [key]
 
     async def test_signed_url_is_none_or_downloads_the_exact_bytes(self, storage: Storage, ns: str) -> None:

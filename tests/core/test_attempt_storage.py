@@ -96,6 +96,9 @@ class _BrokenPuts:
     async def put(self, key: str, data: bytes, *, content_type: str) -> StoredObject:
         raise StorageError(f"put of {key}: storage unavailable (test)", details={"key": key})
 
+    async def put_file(self, key: str, path: Any, *, content_type: str, sha256: str | None = None) -> StoredObject:
+        raise StorageError(f"put of {key}: storage unavailable (test)", details={"key": key})
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

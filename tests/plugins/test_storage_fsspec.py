@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from comfyflow_fsspec import FsspecStorage
+from comfyflow_fsspec.s3 import UPLOAD_PART_BYTES
 
 from comfyflow.errors import ConfigError, StorageError, ValidationError
 from comfyflow.testing.moto_server import MotoS3Server
@@ -163,3 +165,85 @@ async def test_one_storage_serves_several_event_loops(moto_s3: MotoS3Server) -> 
         await storage.put("jobs/loops/0.png", b"shared", content_type="image/png")
         # A Prefect task or a second server thread runs its own loop; the same storage object must work there.
         assert await asyncio.to_thread(asyncio.run, storage.get("jobs/loops/0.png")) == b"shared"
+
+
+async def _until(condition, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        assert loop.time() < deadline, f"not {what} within {timeout:g}s"
+        await asyncio.sleep(0.05)
+
+
+async def test_local_put_file_cancelled_mid_copy_renames_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "staged.bin"
+    source.write_bytes(os.urandom(1 << 20))
+    async with FsspecStorage(f"file://{tmp_path}/store") as storage:
+        fs = storage._fs
+        assert fs is not None
+        copy, copied, release = fs.put_file, threading.Event(), threading.Event()
+
+        def slow_copy(src: str, dst: str, **kwargs: object) -> None:  # the copy is done, the rename not yet
+            copy(src, dst, **kwargs)
+            copied.set()
+            release.wait(10)
+
+        fs.put_file = slow_copy  # type: ignore[method-assign]
+        task = asyncio.create_task(storage.put_file("jobs/j/0.bin", source, content_type="video/webm"))
+        assert await asyncio.to_thread(copied.wait, 10)
+        assert any(".cf-tmp-" in name for name in _files_under(tmp_path / "store")), "no temporary copy yet"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+
+        async def gone() -> bool:
+            return _files_under(tmp_path / "store") == []
+
+        await _until(gone, "removed by the abandoned copy")
+        assert await storage.list("jobs") == []
+    assert source.exists(), "the staged file is the caller's to remove"
+
+
+async def test_s3_put_file_cancelled_mid_upload_leaves_no_object_and_no_parts(
+    moto_s3: MotoS3Server, tmp_path: Path
+) -> None:
+    """s3fs aborts a multipart upload that fails, not one that is cancelled: the storage aborts it."""
+    import boto3
+
+    source = tmp_path / "staged.bin"
+    source.write_bytes(os.urandom(5 * UPLOAD_PART_BYTES))  # five parts
+    endpoint = moto_s3.endpoint
+    client = boto3.client(
+        "s3", endpoint_url=endpoint.endpoint_url, aws_access_key_id=endpoint.key,
+        aws_secret_access_key=endpoint.secret, region_name=endpoint.region,
+    )  # fmt: skip
+    prefix = f"cancel-{uuid.uuid4().hex[:8]}"
+    key = f"{prefix}/jobs/j/0.bin"
+
+    async def uploads() -> list[str]:
+        listed = await asyncio.to_thread(client.list_multipart_uploads, Bucket=endpoint.bucket, Prefix=key)
+        return [u["Key"] for u in listed.get("Uploads", [])]
+
+    async def started() -> bool:
+        return await uploads() == [key]
+
+    async def aborted() -> bool:
+        return await uploads() == []
+
+    try:
+        async with s3_storage(moto_s3, prefix) as storage:
+            moto_s3.delay = 0.2  # each request (each part) takes a while
+            task = asyncio.create_task(storage.put_file("jobs/j/0.bin", source, content_type="video/webm"))
+            await _until(started, "a multipart upload under way")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await _until(aborted, "the multipart upload aborted")
+            moto_s3.delay = 0.0
+            assert await storage.info("jobs/j/0.bin") is None
+            stored = await storage.put_file("jobs/j/0.bin", source, content_type="video/webm")  # then it works
+            assert stored.size == 5 * UPLOAD_PART_BYTES
+    finally:
+        moto_s3.delay = 0.0
+        client.close()

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mimetypes
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -20,9 +22,9 @@ from comfyflow.errors import BackendUnavailable, Canceled
 from comfyflow.plugins.protocols import (
     BackendHealth,
     Capabilities,
-    FetchedOutput,
     OnEvent,
     OutputRef,
+    OutputStream,
     PromptPhase,
     PromptStatus,
 )
@@ -221,13 +223,13 @@ class ComfyUIBackend:
             self._watches[prompt_id].poke()
 
     # --- outputs and housekeeping ---------------------------------------------------------------------------
-    async def fetch(self, ref: OutputRef, *, max_bytes: int) -> FetchedOutput:
+    @contextlib.asynccontextmanager
+    async def open_output(self, ref: OutputRef, *, max_bytes: int) -> AsyncIterator[OutputStream]:
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
-        data, reported = await self._client.download("/view", params, max_bytes=max_bytes)
-        content_type = content_type_for(ref.filename, reported)
-        return FetchedOutput(
-            data=data, content_type=content_type, extension=file_extension(ref.filename, content_type)
-        )
+        async with self._client.download("/view", params, max_bytes=max_bytes) as download:
+            content_type = content_type_for(ref.filename, download.content_type)
+            extension = file_extension(ref.filename, content_type)
+            yield OutputStream(content_type, extension, download.chunks, download.length)
 
     async def free(self) -> None:
         await self._client.post_json("/free", {"unload_models": True, "free_memory": True})

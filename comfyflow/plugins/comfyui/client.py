@@ -7,7 +7,9 @@ timeouts and 5xx answers become ``BackendUnavailable``; what a 4xx means is left
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ READ_TIMEOUT = 30.0
 DOWNLOAD_READ_TIMEOUT = 120.0
 WS_HEARTBEAT = 20.0
 WS_MAX_MESSAGE = 64 * 1024 * 1024
-CHUNK = 64 * 1024
+CHUNK = 1024 * 1024  # the most of one output held at once while it is fetched
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
@@ -115,32 +117,53 @@ class ComfyUIClient:
         except _TRANSPORT_ERRORS as exc:
             raise self._unavailable("websocket /ws", exc) from exc
 
-    async def download(self, path: str, params: dict[str, str], *, max_bytes: int) -> tuple[bytes, str]:
-        """Stream a file, refusing more than ``max_bytes``; return (bytes, content type or "").
+    @contextlib.asynccontextmanager
+    async def download(self, path: str, params: dict[str, str], *, max_bytes: int) -> AsyncIterator[Download]:
+        """Start a GET of a file; its body is read in chunks of at most ``CHUNK`` bytes inside the block.
 
-        Raises:
-            OutputTooLarge: when the file is (or turns out to be) bigger than ``max_bytes``.
-            BackendUnavailable: on transport errors or any status but 200.
+        Raises (on entering, or while ``chunks`` is read):
+            OutputTooLarge: when its Content-Length, or the bytes received so far, are more than ``max_bytes``.
+            BackendUnavailable: on transport errors, a cut-off body, or any status but 200.
         """
         timeout = aiohttp.ClientTimeout(
             total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=DOWNLOAD_READ_TIMEOUT
         )
         what = f"GET {path} {params.get('filename', '')!r}"
+        async with contextlib.AsyncExitStack() as stack:
+            try:  # only the request is classified here: what the caller raises in the block passes through
+                resp = await stack.enter_async_context(
+                    self._http().get(self.url + path, params=params, timeout=timeout)
+                )
+            except _TRANSPORT_ERRORS as exc:
+                raise self._unavailable(what, exc) from exc
+            if resp.status != 200:
+                raise self._unavailable(what, status=resp.status, reason=f"HTTP {resp.status}")
+            if resp.content_length is not None and resp.content_length > max_bytes:
+                raise _too_large(params, resp.content_length, max_bytes)
+            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            yield Download(content_type, resp.content_length, self._chunks(resp, what, params, max_bytes))
+
+    async def _chunks(
+        self, resp: aiohttp.ClientResponse, what: str, params: dict[str, str], max_bytes: int
+    ) -> AsyncIterator[bytes]:
+        received = 0
         try:
-            async with self._http().get(self.url + path, params=params, timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise self._unavailable(what, status=resp.status, reason=f"HTTP {resp.status}")
-                if resp.content_length is not None and resp.content_length > max_bytes:
-                    raise _too_large(params, resp.content_length, max_bytes)
-                buf = bytearray()
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    buf += chunk
-                    if len(buf) > max_bytes:
-                        raise _too_large(params, len(buf), max_bytes)
-                content_type = resp.headers.get("Content-Type", "")
-                return bytes(buf), content_type.split(";")[0].strip().lower()
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise _too_large(params, received, max_bytes)
+                yield chunk
         except _TRANSPORT_ERRORS as exc:
             raise self._unavailable(what, exc) from exc
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file being downloaded: its content type ("" when none), announced length, and body in chunks."""
+
+    content_type: str
+    length: int | None
+    chunks: AsyncIterator[bytes]
 
 
 def _too_large(params: dict[str, str], size: int, max_bytes: int) -> OutputTooLarge:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import suppress
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
@@ -21,6 +23,8 @@ READ_TIMEOUT_SECONDS = 10.0
 MAX_ATTEMPTS = 2
 #: s3fs' own tries of a call that timed out or failed transiently (its default is 5).
 FS_RETRIES = 1
+#: Part size of multipart uploads from files (S3's minimum is 5 MiB); files below two parts go in one PUT.
+UPLOAD_PART_BYTES = 8 * 1024 * 1024
 
 
 def prepare_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +81,30 @@ async def head(fs: Any, path: str) -> dict[str, Any]:
     """
     bucket, key, _ = fs.split_path(path)
     return await fs._call_s3("head_object", Bucket=bucket, Key=key)
+
+
+async def put_file(fs: Any, local: str, path: str, **kwargs: Any) -> None:
+    """Upload a local file with s3fs (``put_object`` below two parts, else a multipart upload that S3 shows as
+    one object on completion), one ``UPLOAD_PART_BYTES`` part in memory at a time (s3fs' defaults are 50 MiB
+    parts, 10 at once). s3fs aborts a failed multipart upload; a cancelled one is aborted here, so neither leaves
+    parts behind. ``kwargs`` (ContentType, Metadata) go to the PUT or to the multipart upload.
+    """
+    try:
+        await fs._put_file(local, path, chunksize=UPLOAD_PART_BYTES, max_concurrency=1, **kwargs)
+    except asyncio.CancelledError:
+        await abort_uploads(fs, path)
+        raise
+
+
+async def abort_uploads(fs: Any, path: str) -> None:
+    """Abort the unfinished multipart uploads of exactly ``path`` (best effort). Every attempt writes its own
+    keys, so an upload of the same key in progress elsewhere is not expected."""
+    bucket, key, _ = fs.split_path(path)
+    with suppress(Exception):
+        listed = await fs._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+        for upload in listed.get("Uploads", []):
+            if upload.get("Key") == key:
+                await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
 
 
 async def close(fs: Any) -> None:

@@ -6,6 +6,8 @@ import asyncio
 import builtins
 import hashlib
 import mimetypes
+import os
+import threading
 from contextlib import suppress
 from typing import Any
 
@@ -27,7 +29,8 @@ class FsspecStorage:
 
     The filesystem is opened once here and shared by every call, from any event loop; ``aclose()`` releases
     it. Writes are atomic: S3 objects appear in one PUT (multipart uploads on completion); local and memory
-    files are written to a hidden temporary sibling and renamed over the key. Errors are classified, never
+    files are written to a hidden temporary sibling and renamed over the key. ``put_file`` uploads a local file
+    in bounded pieces (8 MiB S3 parts, one at a time), never reading it whole. Errors are classified, never
     retried here: a missing object is ``NotFound``, anything else ``StorageError`` naming the key and cause.
 
     Args:
@@ -120,6 +123,66 @@ class FsspecStorage:
                 f"Storage put of key {key!r} in {self.url} could not be verified: {size} bytes stored, "
                 f"{len(data)} written.",
                 details={"key": key, "operation": "put", "size": size, "expected": len(data)},
+            )
+        return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    async def put_file(
+        self, key: str, path: str | os.PathLike[str], *, content_type: str, sha256: str | None = None
+    ) -> StoredObject:
+        """Write the local file at ``path`` to ``key`` atomically, in bounded pieces, and verify its size.
+
+        S3: one PUT below two parts, else a multipart upload of 8 MiB parts, one at a time (the object appears
+        on completion; a failed or cancelled upload is aborted). Local and memory: copied to a hidden temporary
+        sibling, renamed over the key (removed instead when the caller was cancelled).
+
+        Args:
+            key: relative path such as ``jobs/{job_id}/0.png``.
+            path: the local file.
+            content_type: MIME type, stored with the object on S3.
+            sha256: the file's digest when the caller has it (recorded as given); else computed here.
+        Returns:
+            The key, size, sha256 (hex) and content type of what was written.
+        Raises:
+            ValidationError: when the key is not valid.
+            StorageError: when the file cannot be read (not transient), the write fails or the size read back
+                differs.
+        """
+        target = self._path(key)
+        fs = self._open_fs(key)
+        source = os.fspath(path)
+        try:
+            expected = await asyncio.to_thread(os.path.getsize, source)
+            digest = sha256 or await asyncio.to_thread(files.sha256_of, source)
+        except OSError as exc:
+            error = StorageError(
+                f"Storage put of key {key!r} in {self.url} cannot read the local file {source!r}: {exc}",
+                details={"key": key, "operation": "put", "cause": type(exc).__name__},
+            )
+            error.transient = False  # the file will not come back by trying again
+            raise error from exc
+        abandoned = threading.Event()
+        try:
+            if self._is_s3:
+                meta = {"sha256": digest}
+                await aio.on_fs_loop(fs, s3.put_file(fs, source, target, ContentType=content_type, Metadata=meta))
+                stored = await self._stat(fs, key, target)
+                # Another digest: a concurrent put replaced ours after S3 acknowledged it (last writer wins).
+                size = expected if stored.sha256 not in ("", digest) else stored.size
+            else:
+                temp = self._join(temp_key(key))
+                size = await asyncio.to_thread(
+                    files.copy_then_rename, fs, source, target, temp, expected, abandoned
+                )
+        except asyncio.CancelledError:
+            abandoned.set()  # the copy still running in its thread removes its temporary file, renames nothing
+            raise
+        except Exception as exc:
+            raise classify(self.url, "put", key, exc) from exc
+        if size != expected:
+            raise StorageError(
+                f"Storage put of key {key!r} in {self.url} could not be verified: {size} bytes stored, "
+                f"{expected} in {source!r}.",
+                details={"key": key, "operation": "put", "size": size, "expected": expected},
             )
         return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
 

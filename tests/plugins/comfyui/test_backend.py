@@ -4,6 +4,7 @@ import asyncio
 import io
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -20,9 +21,10 @@ from comfyflow.errors import (
 from comfyflow.models import Img2ImgRequest, Txt2ImgRequest
 from comfyflow.plugins.comfyui.backend import ComfyUIBackend, ComfyUIBackendFactory
 from comfyflow.plugins.comfyui.templates import build_graph, default_model
-from comfyflow.plugins.protocols import Backend, PromptPhase
+from comfyflow.plugins.protocols import Backend, OutputRef, PromptPhase
 from comfyflow.settings import Settings
 from comfyflow.testing import fake_comfyui
+from comfyflow.testing.backend_contract import OutputStreamContract
 
 FakeComfyUI = fake_comfyui.FakeComfyUI
 SETTINGS = Settings(_env_file=None, object_info_ttl_seconds=60)
@@ -96,11 +98,13 @@ async def test_render_succeeds_with_progress_events_and_fetches(backend, fake):
     assert progress and progress[-1].node_type == "KSampler" and progress[-1].max == 3
     status = await backend.lookup(prompt_id)
     assert status.phase is PromptPhase.SUCCEEDED and status.outputs == outputs
-    fetched = await backend.fetch(outputs[0], max_bytes=10_000_000)
-    assert fetched.data.startswith(b"\x89PNG") and fetched.content_type == "image/png"
-    assert fetched.extension == "png"
+    async with backend.open_output(outputs[0], max_bytes=10_000_000) as stream:
+        data = b"".join([chunk async for chunk in stream.chunks])
+    assert data.startswith(b"\x89PNG") and stream.content_type == "image/png"
+    assert stream.extension == "png" and stream.size == len(data)
     with pytest.raises(OutputTooLarge):
-        await backend.fetch(outputs[0], max_bytes=10)
+        async with backend.open_output(outputs[0], max_bytes=10):
+            pass
 
 
 async def test_a_finished_prompt_is_adopted_without_posting_again(backend, fake):
@@ -240,8 +244,8 @@ async def test_upload_then_img2img(backend, fake):
     await backend.validate(graph)
     outputs = await backend.render(graph, pid(), on_event=Events(), stall_timeout=5)
     assert outputs
-    fetched = await backend.fetch(outputs[0], max_bytes=10_000_000)
-    assert fetched.extension == "png"
+    async with backend.open_output(outputs[0], max_bytes=10_000_000) as stream:
+        assert stream.extension == "png"
 
 
 async def test_health_and_lookup_of_an_unknown_prompt(backend, fake):
@@ -276,3 +280,15 @@ async def test_waiting_behind_another_prompt_is_not_a_stall(slow_fake):
         assert any(e.type == "progress" for e in events)
     finally:
         await b.aclose()
+
+
+class TestComfyUIOutputStreams(OutputStreamContract):
+    """The output-streaming contract for the ComfyUI backend, against the fake's ``/view`` (a real socket)."""
+
+    @pytest.fixture
+    def serve_output(self, fake):
+        def serve(name: str, data: bytes) -> OutputRef:
+            (Path(fake.dirs.output) / name).write_bytes(data)
+            return OutputRef("9", "gifs", name)
+
+        return serve

@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 
 from comfyflow.errors import BackendUnavailable, GraphInvalid, NoOutputs, OutputTooLarge
+from comfyflow.plugins.comfyui import client as client_module
 from comfyflow.plugins.comfyui import render as render_module
 from comfyflow.plugins.comfyui.backend import ComfyUIBackend
 from comfyflow.plugins.protocols import OutputRef, PromptPhase
@@ -42,6 +43,9 @@ class Stub:
         self.sockets: dict = {}
         self.requests: list = []
         self.headers: list = []
+        self.view_body: list[bytes] = [b"0123456789"] * 3
+        self.view_length = False
+        self.view_cut = False
         app = web.Application()
         app.router.add_get("/ws", self.ws)
         app.router.add_post("/prompt", self.prompt)
@@ -95,12 +99,18 @@ class Stub:
                 self.history.pop(pid, None)
         return web.Response()
 
-    async def view(self, request):  # chunked: no Content-Length to check up front
+    async def view(self, request):  # chunked unless view_length: no Content-Length to check up front
         self.requests.append(("GET", "/view", dict(request.query)))
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        total = sum(len(part) for part in self.view_body)
+        if self.view_length:
+            resp.content_length = total
         await resp.prepare(request)
-        for _ in range(3):
-            await resp.write(b"0123456789")
+        for part in self.view_body:
+            await resp.write(part[:-10] if self.view_cut else part)
+        if self.view_cut:
+            request.transport.close()
+            return resp
         await resp.write_eof()
         return resp
 
@@ -275,19 +285,82 @@ def test_stub_entries_are_json():
     json.dumps(entry())
 
 
-async def test_fetch_streams_with_a_cap_and_guesses_the_type(make):
+async def read_output(backend, ref, max_bytes):
+    """Every chunk of one output, and the stream's description."""
+    async with backend.open_output(ref, max_bytes=max_bytes) as stream:
+        chunks = [chunk async for chunk in stream.chunks]
+    return stream, chunks
+
+
+async def test_output_streams_with_a_cap_and_guesses_the_type(make):
     async def on_prompt(stub, body):
         raise AssertionError("not used")
 
     stub, backend = await make(on_prompt)
     ref = OutputRef("9", "videos", "clip_00001_.webm", "sub", "output")
     with pytest.raises(OutputTooLarge):
-        await backend.fetch(ref, max_bytes=25)
-    fetched = await backend.fetch(ref, max_bytes=30)
-    assert fetched.data == b"0123456789" * 3
-    assert (fetched.content_type, fetched.extension) == ("video/webm", "webm")
+        await read_output(backend, ref, 25)
+    stream, chunks = await read_output(backend, ref, 30)
+    assert b"".join(chunks) == b"0123456789" * 3
+    assert (stream.content_type, stream.extension, stream.size) == ("video/webm", "webm", None)
     assert stub.requests[-1] == (
         "GET",
         "/view",
         {"filename": "clip_00001_.webm", "subfolder": "sub", "type": "output"},
     )
+
+
+async def test_an_output_without_a_length_is_cut_off_at_the_cap_mid_stream(make):
+    """No Content-Length to refuse up front: the backend stops reading once more than the cap arrived, and never
+    hands out a chunk bigger than CHUNK."""
+
+    async def on_prompt(stub, body):
+        raise AssertionError("not used")
+
+    stub, backend = await make(on_prompt)
+    stub.view_body = [b"x" * 65536] * 256  # 16 MiB, chunked
+    cap = 3 * 1024 * 1024 + 5
+    received = []
+    with pytest.raises(OutputTooLarge, match="COMFYFLOW_MAX_OUTPUT_BYTES") as caught:
+        async with backend.open_output(OutputRef("9", "gifs", "big.mp4"), max_bytes=cap) as stream:
+            async for chunk in stream.chunks:
+                received.append(len(chunk))
+    assert sum(received) <= cap < sum(received) + client_module.CHUNK
+    assert max(received) <= client_module.CHUNK
+    assert caught.value.details["max_bytes"] == cap
+
+
+async def test_an_output_announced_too_large_is_refused_before_its_body(make):
+    async def on_prompt(stub, body):
+        raise AssertionError("not used")
+
+    stub, backend = await make(on_prompt)
+    stub.view_length = True
+    stub.view_body = [b"y" * 1000]
+    with pytest.raises(OutputTooLarge) as caught:
+        async with backend.open_output(OutputRef("9", "images", "a.png"), max_bytes=999):
+            raise AssertionError("entered although Content-Length is over the cap")
+    assert caught.value.details["size_at_least"] == 1000
+
+
+async def test_a_cut_off_output_is_backend_unavailable(make):
+    async def on_prompt(stub, body):
+        raise AssertionError("not used")
+
+    stub, backend = await make(on_prompt)
+    stub.view_length = True
+    stub.view_body = [b"z" * 1000]
+    stub.view_cut = True  # announces 1000 bytes, sends 1000 - 10, closes
+    with pytest.raises(BackendUnavailable):
+        await read_output(backend, OutputRef("9", "images", "a.png"), 10_000)
+
+
+async def test_what_the_caller_raises_while_reading_is_not_blamed_on_the_backend(make):
+    async def on_prompt(stub, body):
+        raise AssertionError("not used")
+
+    _, backend = await make(on_prompt)
+    with pytest.raises(OSError, match="disk full"):
+        async with backend.open_output(OutputRef("9", "images", "a.png"), max_bytes=100) as stream:
+            async for _ in stream.chunks:
+                raise OSError(28, "disk full")
