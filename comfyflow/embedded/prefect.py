@@ -84,7 +84,10 @@ def server_env(api_url: str, database_url: str, prefect_home: Path, **extra: str
 #: in its own transaction (batch size 1) and persist events 20 at a time: at one generation per GPU every fraction
 #: of a second that cost ~140 ms of server CPU per generation and the records fell minutes behind; in batches of
 #: a few hundred, flushed every second or two, ~80 ms and no backlog (benchmarks/PREFECT_PROFILE.md). Task runs
-#: and events then show in the UI up to a second or two after they happen.
+#: and events then show in the UI up to a second or two after they happen. A pool of 20 database connections
+#: instead of 5 (+10 overflow, opened and closed per use): with the API, the recorder and the persister busy at
+#: once, Prefect opened a new PostgreSQL connection for nearly every generation (457 for 500; 6 with 20), which
+#: cost the server and PostgreSQL ~25 ms of CPU a generation (benchmarks/ab_prefect_settings.py).
 SERVER_TUNING = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
@@ -92,6 +95,7 @@ SERVER_TUNING = {
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "2",
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
 }
 
 
