@@ -131,7 +131,7 @@ def create_app(
             raise
         app.ctx.prefect_api_url = urls.prefect_api_url
         app.ctx.urls = urls
-        app.ctx.rt = await Runtime.open(settings, urls.redis_url, **runtime_overrides)
+        app.ctx.rt = await Runtime.open(settings, urls.redis_url, hot_line=True, **runtime_overrides)
         if app.ctx.policy is None:
             app.ctx.policy = AuthPolicy.from_runtime(app.ctx.rt)
         app.ctx.throttle = Throttle(settings, app.ctx.rt.redis, public=PUBLIC, exempt_prefix=SIGNED_PREFIX)

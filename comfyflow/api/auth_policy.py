@@ -122,7 +122,7 @@ class AuthPolicy:
         self.plugins = plugins
         self.redis = runtime.redis
         self.keys = runtime.store.keys
-        self.ratelimiter = RateLimiter(runtime.redis, runtime.store.keys)
+        self.ratelimiter = RateLimiter(runtime.redis, runtime.store.keys, hot=getattr(runtime, "hot", None))
         self.allowlist = frozenset(settings.graph_node_allowlist)
         #: Principals reused for a second (revocations elsewhere take effect within it); see api/auth_cache.py.
         self.principals = PrincipalCache()
