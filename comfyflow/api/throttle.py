@@ -122,10 +122,3 @@ def _refusal(text: str, limit: int, seconds: float) -> RateLimited:
         retry_after=seconds,
         details={"limit": limit, "window_seconds": WINDOW_SECONDS, "scope": "client address"},
     )
-
-
-async def before_auth(request: Request) -> None:
-    """Request middleware (runs just before authentication)."""
-    throttle = getattr(request.app.ctx, "throttle", None)
-    if throttle is not None:
-        await throttle.before_auth(request)

@@ -28,8 +28,8 @@ from collections import deque
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 from redis import exceptions as rx
+from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 
 from comfyflow.settings import Settings
 
@@ -39,6 +39,10 @@ _ERRORS: tuple[tuple[str, type[Exception]], ...] = (
     ("WRONGPASS", rx.AuthenticationError),
     ("NOAUTH", rx.AuthenticationError),
 )
+
+
+def _pack(*args: Any) -> bytes:
+    return hiredis.pack_command(args)
 
 
 def _error(reply: rx.ResponseError) -> Exception:
@@ -153,9 +157,9 @@ class HotLine:
         wire = self._wire
         if wire is None or wire.lost:
             wire = await self._connect()
-        return await wire.send(hiredis.pack_command(args))
+        return await wire.send(_pack(*args))
 
-    async def script(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
+    async def script(self, sha: str, source: str | bytes | memoryview, keys: list[str], args: list[Any]) -> Any:
         """``EVALSHA``; ``EVAL`` (which also caches the script) when Redis does not know it yet."""
         try:
             return await self.call("EVALSHA", sha, len(keys), *keys, *args)
@@ -185,9 +189,9 @@ class HotLine:
             try:
                 if self._password is not None:
                     auth = (self._username, self._password) if self._username else (self._password,)
-                    await wire.send(hiredis.pack_command(("AUTH", *auth)))
+                    await wire.send(_pack("AUTH", *auth))
                 if self._db:
-                    await wire.send(hiredis.pack_command(("SELECT", self._db)))
+                    await wire.send(_pack("SELECT", self._db))
             except BaseException:
                 wire.close()
                 raise

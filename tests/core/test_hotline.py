@@ -76,9 +76,7 @@ async def test_a_wrong_password_is_refused(embedded_redis_url: str) -> None:
     await hot.aclose()
 
 
-async def test_a_dropped_connection_fails_its_calls_and_the_next_call_reconnects(
-    redis_url: str, redis: Redis
-) -> None:
+async def test_a_dropped_connection_fails_its_calls_and_the_next_call_reconnects(redis_url: str, redis: Redis) -> None:
     hot = line(redis_url)
     try:
         my_id = await hot.call("CLIENT", "ID")
