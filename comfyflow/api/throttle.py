@@ -78,14 +78,17 @@ class Throttle:
         path = request.path
         if not self.enabled or request.method == "OPTIONS" or path.startswith(self.exempt_prefix):
             return
-        address = request.ctx.client_address = self.address(request)
         if path in self.public or "authorization" not in request.headers:
+            address = request.ctx.client_address = self.address(request)
             limit = self.cfg.anonymous_per_minute
             counted = await self._count("anon", address) if limit else None
             if counted is not None and counted[0] > limit:
                 raise _refusal(f"More than {limit} requests without credentials per minute from your address",
                                limit, counted[1])  # fmt: skip
             return
+        if not self._blocked:  # the common case: no address refused (``failed`` works the address out itself)
+            return
+        address = request.ctx.client_address = self.address(request)
         until = self._blocked.get(address)
         if until is not None:
             left = until - time.monotonic()
