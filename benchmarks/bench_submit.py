@@ -90,15 +90,10 @@ def serve_comfyflow(port: int, prefix: str, home: str, processes: int) -> None:
 
     settings = comfyflow_settings(prefix, home, processes)
     logs.configure(settings.log_level, "json")
-    try:
-        from comfyflow.api.serving import serve
-    except ImportError:  # a checkout from before `serve --api-processes` (to measure it the same way)
-        from comfyflow.api.app import create_app
+    from comfyflow.api.app import create_app
+    from comfyflow.api.serving import serve
 
-        app = create_app(settings, run_worker=False)
-        app.run(host="127.0.0.1", port=port, single_process=True, access_log=False, motd=False)
-        return
-    serve(settings, host="127.0.0.1", port=port, run_worker=False)
+    serve(create_app(settings, run_worker=False), settings, host="127.0.0.1", port=port)
 
 
 # --- load -----------------------------------------------------------------------------------------------------------

@@ -37,7 +37,14 @@ _VALUE_PATTERNS = [
 QUIET = ("httpx", "httpcore", "urllib3", "aiohttp.access", "sanic.access")
 
 
+#: Whether a text could hold anything ``_VALUE_PATTERNS`` replace: one case-insensitive scan (a superset of theirs),
+#: so the common line (no secret in it) costs one search instead of seven substitutions.
+_MAYBE_SECRET = re.compile("|".join(p.pattern.removeprefix("(?i)") for p in _VALUE_PATTERNS), re.IGNORECASE)
+
+
 def redact_text(text: str) -> str:
+    if not _MAYBE_SECRET.search(text):
+        return text
     for pattern in _VALUE_PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
     return text

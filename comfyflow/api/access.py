@@ -22,18 +22,18 @@ log = structlog.get_logger("comfyflow.api")
 QUIET_ROUTES = ("/metrics", "/healthz", "/readyz", "/ping", "/health")
 
 
-async def _bind_request(request: Request) -> None:
+def bind_request(request: Request) -> None:
     structlog.contextvars.clear_contextvars()  # keep-alive connections handle requests one after another
     structlog.contextvars.bind_contextvars(request_id=request.ctx.request_id)
 
 
-async def _bind_principal(request: Request) -> None:
+def bind_principal(request: Request) -> None:
     principal = getattr(request.ctx, "principal", None)
     if principal is not None:
         structlog.contextvars.bind_contextvars(principal=principal.id)
 
 
-async def _access(request: Request, response: HTTPResponse) -> None:
+def access_line(request: Request, response: HTTPResponse) -> None:
     started = getattr(request.ctx, "started", None)
     route = route_label(request)
     fields = {
@@ -60,8 +60,7 @@ async def _access(request: Request, response: HTTPResponse) -> None:
 
 
 def install(app: Sanic) -> None:
-    """Bind the log context per request (after the request id is assigned, and after authentication)."""
-    app.on_request(_bind_request, priority=99)
-    app.on_request(_bind_principal, priority=89)
-    app.on_response(_access, priority=999)
+    """Route Sanic's loggers through comfyflow's handler. The per-request steps (``bind_request`` after the
+    request id is assigned, ``bind_principal`` after authentication, ``access_line`` when the response starts) run
+    in the app's one request and one response middleware (comfyflow/api/app.py)."""
     logs.route_framework_loggers()

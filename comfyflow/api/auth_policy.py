@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,19 @@ DEFERRED_RATE_LIMIT = frozenset({("POST", "api/v1/jobs"), ("GET", "api/v1/jobs/<
 UNAUTHORIZED = "Missing or invalid credentials; send 'Authorization: Bearer <API key>'."
 WWW_AUTHENTICATE = 'Bearer realm="comfyflow"'
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+_day: tuple[str, float] = ("", 0.0)  # (YYYYMMDD, when it ends: epoch seconds)
+
+
+def utc_day(now: float | None = None) -> str:
+    """Today's date in UTC as YYYYMMDD (the daily quota's counter), formatted once a day rather than per submit."""
+    global _day
+    now = time.time() if now is None else now
+    if not _day[1] - 86400 <= now < _day[1]:
+        start = now // 86400 * 86400
+        _day = (datetime.fromtimestamp(start, UTC).strftime("%Y%m%d"), start + 86400)
+    return _day[0]
 
 
 def apply_rate_decision(request: Request, principal: Principal, decision: Decision) -> None:
@@ -122,7 +136,7 @@ class AuthPolicy:
         self.plugins = plugins
         self.redis = runtime.redis
         self.keys = runtime.store.keys
-        self.ratelimiter = RateLimiter(runtime.redis, runtime.store.keys)
+        self.ratelimiter = RateLimiter(runtime.redis, runtime.store.keys, hot=getattr(runtime, "hot", None))
         self.allowlist = frozenset(settings.graph_node_allowlist)
         #: Principals reused for a second (revocations elsewhere take effect within it); see api/auth_cache.py.
         self.principals = PrincipalCache()
@@ -273,7 +287,7 @@ class AuthPolicy:
             )
 
     async def daily_limit(self, principal: Principal) -> tuple[int | None, str]:
-        return self.limits(principal).daily_jobs, datetime.now(UTC).strftime("%Y%m%d")
+        return self.limits(principal).daily_jobs, utc_day()
 
     def job_fields(self, principal: Principal) -> dict[str, Any]:
         """Fields stored with each job this caller submits: its role, and its artifacts' retention."""

@@ -36,19 +36,22 @@ class TooLarge(ComfyflowError):
     code = "PAYLOAD_TOO_LARGE"
 
 
-async def assign_request_id(request: Request) -> None:
+def assign_request_id(request: Request) -> None:
     """Take a well-formed X-Request-ID from the client, or make one."""
     given = request.headers.get("x-request-id", "")
     request.ctx.request_id = given if given and REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
-async def add_headers(request: Request, response: HTTPResponse) -> None:
+def add_headers(request: Request, response: HTTPResponse) -> None:
     rid = getattr(request.ctx, "request_id", None) or os.urandom(16).hex()
-    response.headers["X-Request-ID"] = rid
-    response.headers["X-Comfyflow-Version"] = __version__
-    response.headers["X-API-Version"] = "v1"
-    for name, value in getattr(request.ctx, "extra_headers", {}).items():
-        response.headers[name] = value
+    headers = response.headers
+    headers["X-Request-ID"] = rid
+    headers["X-Comfyflow-Version"] = __version__
+    headers["X-API-Version"] = "v1"
+    extra = getattr(request.ctx, "extra_headers", None)
+    if extra:
+        for name, value in extra.items():
+            headers[name] = value
 
 
 def _reject_constant(name: str) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import time
 
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
 from comfyflow import metrics as m
@@ -55,11 +55,8 @@ def route_label(request: Request) -> str:
     return "/" + str(route.path).lstrip("/")
 
 
-async def _start(request: Request) -> None:
-    request.ctx.started = time.perf_counter()
-
-
-async def _count(request: Request, response: HTTPResponse) -> None:
+def count(request: Request, response: HTTPResponse) -> None:
+    """Count the request by route, method and status, with its latency (from ``request.ctx.started``)."""
     rt = getattr(request.app.ctx, "rt", None)
     started = getattr(request.ctx, "started", None)
     if rt is None or started is None or getattr(request.ctx, "counted", False):
@@ -69,8 +66,3 @@ async def _count(request: Request, response: HTTPResponse) -> None:
     rt.metrics.add(m.HTTP_REQUESTS, route, method, str(response.status))
     rt.metrics.add(m.HTTP_DURATION, route, method, value=time.perf_counter() - started)
 
-
-def install(app: Sanic) -> None:
-    """Time every request from the first middleware on, and count it when its response starts."""
-    app.on_request(_start, priority=1000)
-    app.on_response(_count, priority=1000)

@@ -78,14 +78,17 @@ class Throttle:
         path = request.path
         if not self.enabled or request.method == "OPTIONS" or path.startswith(self.exempt_prefix):
             return
-        address = request.ctx.client_address = self.address(request)
         if path in self.public or "authorization" not in request.headers:
+            address = request.ctx.client_address = self.address(request)
             limit = self.cfg.anonymous_per_minute
             counted = await self._count("anon", address) if limit else None
             if counted is not None and counted[0] > limit:
                 raise _refusal(f"More than {limit} requests without credentials per minute from your address",
                                limit, counted[1])  # fmt: skip
             return
+        if not self._blocked:  # the common case: no address refused (``failed`` works the address out itself)
+            return
+        address = request.ctx.client_address = self.address(request)
         until = self._blocked.get(address)
         if until is not None:
             left = until - time.monotonic()
@@ -122,10 +125,3 @@ def _refusal(text: str, limit: int, seconds: float) -> RateLimited:
         retry_after=seconds,
         details={"limit": limit, "window_seconds": WINDOW_SECONDS, "scope": "client address"},
     )
-
-
-async def before_auth(request: Request) -> None:
-    """Request middleware (runs just before authentication)."""
-    throttle = getattr(request.app.ctx, "throttle", None)
-    if throttle is not None:
-        await throttle.before_auth(request)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sanic import Request
 
 from comfyflow.api.visibility import job_for
@@ -67,9 +67,9 @@ def raw_job_view(raw: dict[str, str]) -> dict[str, Any] | None:
     if raw.get("result"):
         return None
     try:
-        progress = {**_PROGRESS, **json.loads(raw.get("progress") or "{}")}
+        progress = {**_PROGRESS, **orjson.loads(raw.get("progress") or "{}")}
         progress["value"] = float(progress["value"])
-        error = json.loads(raw["error"]) if raw.get("error") else None
+        error = orjson.loads(raw["error"]) if raw.get("error") else None
         if error is not None:
             error = {"code": error["code"], "message": error["message"], "details": error.get("details"),
                      "transient": bool(error.get("transient", False))}  # fmt: skip
@@ -86,8 +86,8 @@ def raw_job_view(raw: dict[str, str]) -> dict[str, Any] | None:
             "attempt": int(raw.get("attempt", 1)),
             "max_attempts": int(raw.get("max_attempts", 1)),
             "priority": raw.get("priority", "normal"),
-            "request": json.loads(raw["request"]) if raw.get("request") else {},
-            "labels": json.loads(raw["labels"]) if raw.get("labels") else [],
+            "request": orjson.loads(raw["request"]) if raw.get("request") else {},
+            "labels": orjson.loads(raw["labels"]) if raw.get("labels") else [],
             "progress": progress,
             "result": None,
             "error": error,

@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from comfyflow.core.events import EventLog
+from comfyflow.core.hotline import HotLine
 from comfyflow.core.keys import Keys
 from comfyflow.core.pool import BackendPool
 from comfyflow.core.recorder import Recorder
@@ -53,6 +54,8 @@ class Runtime:
     metrics: Recorder = field(default=None)  # type: ignore[assignment]
     #: The backends: configured and registered at run time, with health and capabilities (core/pool.py).
     pool: BackendPool = field(default=None)  # type: ignore[assignment]
+    #: The thin pipelined connection of the API's hottest calls (core/hotline.py), when opened with ``hot_line``.
+    hot: HotLine | None = None
 
     def __post_init__(self) -> None:
         if self.metrics is None:
@@ -60,11 +63,17 @@ class Runtime:
             self.metrics = Recorder(self.redis, self.settings.key_prefix, interval=interval)
 
     @classmethod
-    async def open(cls, settings: Settings, redis_url: str, **overrides: Any) -> Runtime:
-        """Connect to Redis and build the plugins named in settings. ``overrides`` replace parts (tests)."""
+    async def open(cls, settings: Settings, redis_url: str, *, hot_line: bool = False, **overrides: Any) -> Runtime:
+        """Connect to Redis and build the plugins named in settings. ``overrides`` replace parts (tests).
+
+        Args:
+            hot_line: also open the thin connection for the API's hot paths (submit, job reads; core/hotline.py),
+                unless ``overrides`` replace the Redis client (the hot line would bypass it).
+        """
+        hot = HotLine.open(settings, redis_url) if hot_line and "redis" not in overrides else None
         redis = overrides.pop("redis", None) or open_redis(settings, redis_url)
         keys = Keys(settings.key_prefix)
-        store = JobStore(redis, settings)
+        store = JobStore(redis, settings, hot=hot)
         await store.ensure_groups()
         slots = SlotPool(redis, keys, {}, lease_seconds=settings.slot_lease_seconds)
         pool = BackendPool(
@@ -75,7 +84,7 @@ class Runtime:
         staging = settings.resolved_home / "staging"
         staging.mkdir(parents=True, exist_ok=True)
         return cls(
-            settings, redis, store, EventLog(redis, keys), slots, pool.backends, storage, staging, pool=pool,
+            settings, redis, store, EventLog(redis, keys), slots, pool.backends, storage, staging, pool=pool, hot=hot,
             **overrides,
         )  # fmt: skip
 
@@ -84,4 +93,6 @@ class Runtime:
         with contextlib.suppress(Exception):
             await self.storage.aclose()
         await self.metrics.aclose()
+        if self.hot is not None:
+            await self.hot.aclose()
         await self.redis.aclose()

@@ -8,6 +8,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from comfyflow.core.hotline import HotLine
+
 NAMES = (
     "annotate",
     "submit",
@@ -41,8 +43,14 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self._scripts: dict[str, AsyncScript] = {n: redis.register_script(_source(n)) for n in NAMES}
 
-    async def run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
-        """Run a script; ``client`` may be a pipeline (the call is queued there, run by its ``execute``)."""
+    async def run(
+        self, name: str, keys: list[str], args: list[Any], client: Any = None, via: HotLine | None = None
+    ) -> Any:
+        """Run a script; ``client`` may be a pipeline (the call is queued there, run by its ``execute``); ``via``
+        a hot line (core/hotline.py: replies come back as strings rather than bytes)."""
+        if via is not None and client is None:
+            script = self._scripts[name]
+            return await via.script(script.sha, script.script, keys, [_arg(a) for a in args])
         return await self._scripts[name](keys=keys, args=[_arg(a) for a in args], client=client)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
+from comfyflow.core.hotline import HotLine
 from comfyflow.core.keys import GROUP, PRIORITIES, Keys
 from comfyflow.core.scripts import Scripts
 from comfyflow.metrics import size_class
@@ -133,12 +134,16 @@ def _pairs(fields: dict[str, Any]) -> list[Any]:
 class JobStore:
     """Atomic job transitions over one Redis client. Open once per process and share."""
 
-    def __init__(self, redis: Redis, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, *, clock: Callable[[], float] = time.time, hot: HotLine | None = None
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.clock = clock
         self.scripts = Scripts(redis)
+        #: The submit script and job reads go over this thin connection when set (the API; core/hotline.py).
+        self.hot = hot
 
     @property
     def ttl(self) -> int:
@@ -201,7 +206,8 @@ class JobStore:
         args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400, depth,
                 rl_limit, rl_window, rl_member]  # fmt: skip
         # the fields as one argument: packing 40 arguments costs the client more than one JSON string
-        res = await self.scripts.run("submit", keys, [*args, compact_json([str(v) for v in _pairs(fields)])])
+        args.append(compact_json([str(v) for v in _pairs(fields)]))
+        res = await self.scripts.run("submit", keys, args, via=self.hot)
         outcome = _s(res[0])
         rate = None if int(res[1]) < 0 else (int(res[1]) == 1, int(res[2]), int(res[3]))
         detail = _s(res[4]) if len(res) > 4 else ""
@@ -243,6 +249,9 @@ class JobStore:
         }
 
     async def raw(self, job_id: str) -> dict[str, str]:
+        if self.hot is not None:
+            flat = await self.hot.call("HGETALL", self.keys.job(job_id))  # strings, as pairs
+            return dict(zip(flat[::2], flat[1::2], strict=True))
         data = await self.redis.hgetall(self.keys.job(job_id))
         return {_s(k): _s(v) for k, v in data.items()}
 

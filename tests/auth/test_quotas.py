@@ -162,3 +162,13 @@ async def test_an_internal_key_sends_a_200_item_sweep_with_the_default_limits(
     async with http.get(api.url("/api/v1/me"), headers=auth(pro)) as r:
         limits = (await r.json())["limits"]
         assert (limits["max_batch_items"], limits["max_images_per_job"]) == (100, 4)
+
+
+def test_the_quota_day_is_the_utc_date_across_midnight_both_ways() -> None:
+    from datetime import UTC, datetime
+
+    from comfyflow.api.auth_policy import utc_day
+
+    midnight = datetime(2026, 12, 3, tzinfo=UTC).timestamp()
+    for t in (midnight - 0.001, midnight, midnight + 86399.999, midnight + 86400, midnight - 86400 * 400, midnight):
+        assert utc_day(t) == datetime.fromtimestamp(t, UTC).strftime("%Y%m%d"), t
