@@ -82,7 +82,12 @@ async def test_example_flow_deployed_and_run_by_a_prefect_worker(comfyflow_api, 
     # On comfyflow: hero -> styled (img2img of the hero) -> a batch of 2 upscales (img2img of the styled image)
     base, key = comfyflow_api.base, comfyflow_api.key
     async with AsyncClient(base, api_key=key) as api:
-        jobs = [job async for job in api.list()]
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:  # a job names its flow run when Prefect has made it, which may be after the job ended
+            jobs = [job async for job in api.list()]
+            if all(j.flow_run_id for j in jobs) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
         batches = await api._call("GET", "/api/v1/batches")
         (batch,) = batches["items"]
         items = [item async for item in api.batch_items(batch["batch_id"])]
