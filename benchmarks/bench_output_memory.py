@@ -32,25 +32,11 @@ from comfyflow.models import JobState, Txt2ImgRequest
 from comfyflow.plugins.comfyui.backend import ComfyUIBackend
 from comfyflow.plugins.protocols import OutputRef
 from comfyflow.settings import Settings
+from comfyflow.testing.extra_output import ExtraOutput
 from comfyflow.testing.fake_comfyui import FakeComfyUI
 from comfyflow.testing.moto_server import moto_s3_process
 
 REDIS_URL = os.environ.get("COMFYFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-class ExtraOutput:
-    """Renders through ``inner``; while ``ref`` is set, the render's result also names that file."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.ref: OutputRef | None = None
-
-    async def render(self, *args: Any, **kwargs: Any) -> list[OutputRef]:
-        outputs = await self.inner.render(*args, **kwargs)
-        return [*outputs, self.ref] if self.ref else outputs
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def write_random(path: Path, size: int) -> str:

@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,6 @@ def http_get(url: str) -> tuple[int, bytes]:
 @pytest.mark.asyncio
 class StorageContract:
     """Tests every Storage passes. Subclasses provide the ``storage`` fixture."""
-
 
     @pytest.fixture
     def ns(self) -> str:
@@ -183,37 +183,15 @@ class StorageContract:
         assert await storage.list(ns) == keys
 
     async def test_readers_never_see_a_partial_object(self, storage: Storage, ns: str) -> None:
-        key = f"{ns}/big.bin"
-        versions = [b"a" * (1 << 20), b"b" * (3 << 20)]
-        await storage.put(key, versions[0], content_type="application/octet-stream")
-        writing = True
-        reads = 0
+        async def put(key: str, i: int) -> None:
+            await storage.put(key, VERSIONS[i], content_type="application/octet-stream")
 
-        async def reader() -> None:
-            nonlocal reads
-            while writing:
-                data = await storage.get(key)
-                assert data in versions, f"read {len(data)} bytes, a partial object"
-                reads += 1
-
-        async def writer() -> None:
-            nonlocal writing
-            try:
-                for i in range(6):
-                    await storage.put(key, versions[(i + 1) % 2], content_type="application/octet-stream")
-            finally:
-                writing = False
-
-        await asyncio.gather(writer(), reader(), reader())
-        assert reads > 0
-        assert await storage.list(ns) == [key]
+        await _readers_see_whole_versions(storage, ns, put)
 
     async def test_concurrent_puts_leave_one_whole_object(self, storage: Storage, ns: str) -> None:
         key = f"{ns}/race.bin"
         payloads = [bytes([i]) * (100_000 + i) for i in range(8)]
-        await asyncio.gather(
-            *(storage.put(key, p, content_type="application/octet-stream") for p in payloads)
-        )
+        await asyncio.gather(*(storage.put(key, p, content_type="application/octet-stream") for p in payloads))
         assert await storage.get(key) in payloads
         assert await storage.list(ns) == [key]
 
@@ -230,9 +208,7 @@ class StorageContract:
         assert info is not None and info.size == len(data) and info.sha256 in ("", digest)
         assert path.read_bytes() == data, "the local file is left as it was"
 
-    async def test_put_file_records_the_digest_the_caller_computed(
-        self, storage: Storage, ns: str, local_file
-    ) -> None:  # type: ignore[no-untyped-def]
+    async def test_put_file_records_the_digest_the_caller_computed(self, storage: Storage, ns: str, local_file) -> None:  # type: ignore[no-untyped-def]
         data = b"\x89PNG\r\n\x1a\n" + b"\x01" * 5000
         digest = hashlib.sha256(data).hexdigest()
         stored = await storage.put_file(f"{ns}/0.png", str(local_file(data)), content_type="image/png", sha256=digest)
@@ -281,31 +257,12 @@ class StorageContract:
     async def test_readers_never_see_a_partial_object_from_put_file(
         self, storage: Storage, ns: str, local_file
     ) -> None:  # type: ignore[no-untyped-def]
-        key = f"{ns}/big.bin"
-        versions = [b"a" * (1 << 20), b"b" * (3 << 20)]
-        files = [local_file(v) for v in versions]
-        await storage.put_file(key, files[0], content_type="application/octet-stream")
-        writing = True
-        reads = 0
+        files = [local_file(v) for v in VERSIONS]
 
-        async def reader() -> None:
-            nonlocal reads
-            while writing:
-                data = await storage.get(key)
-                assert data in versions, f"read {len(data)} bytes, a partial object"
-                reads += 1
+        async def put(key: str, i: int) -> None:
+            await storage.put_file(key, files[i], content_type="application/octet-stream")
 
-        async def writer() -> None:
-            nonlocal writing
-            try:
-                for i in range(6):
-                    await storage.put_file(key, files[(i + 1) % 2], content_type="application/octet-stream")
-            finally:
-                writing = False
-
-        await asyncio.gather(writer(), reader(), reader())
-        assert reads > 0
-        assert await storage.list(ns) == [key]
+        await _readers_see_whole_versions(storage, ns, put)
 
     async def test_signed_url_is_none_or_downloads_the_exact_bytes(self, storage: Storage, ns: str) -> None:
         key = f"{ns}/0.png"
@@ -330,3 +287,35 @@ class ExpiringSignedUrlContract:
         status, body = await asyncio.to_thread(http_get, url)
         assert 400 <= status < 500
         assert body != b"secret"
+
+
+#: Two versions of one object, of different sizes, for the partial-read tests.
+VERSIONS = [b"a" * (1 << 20), b"b" * (3 << 20)]
+
+
+async def _readers_see_whole_versions(storage: Storage, ns: str, put: Any) -> None:
+    """While ``put(key, i)`` rewrites one key with :data:`VERSIONS` six times, two readers only ever get a whole
+    version of it."""
+    key = f"{ns}/big.bin"
+    await put(key, 0)
+    writing = True
+    reads = 0
+
+    async def reader() -> None:
+        nonlocal reads
+        while writing:
+            data = await storage.get(key)
+            assert data in VERSIONS, f"read {len(data)} bytes, a partial object"
+            reads += 1
+
+    async def writer() -> None:
+        nonlocal writing
+        try:
+            for i in range(6):
+                await put(key, (i + 1) % 2)
+        finally:
+            writing = False
+
+    await asyncio.gather(writer(), reader(), reader())
+    assert reads > 0
+    assert await storage.list(ns) == [key]

@@ -59,17 +59,3 @@ async def wait_done(rt: Runtime, job_id: str, timeout: float = 30) -> Job:
         await asyncio.sleep(0.05)
     job = await rt.store.get(job_id)
     raise AssertionError(f"job {job_id} not finished after {timeout}s: {job}")
-
-
-async def until(check: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    """Wait (bounded) until ``check()`` (a function or a coroutine function) is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert loop.time() < deadline, f"{what}: not true after {timeout}s"
-        await asyncio.sleep(0.02)

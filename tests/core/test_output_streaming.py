@@ -28,27 +28,13 @@ from comfyflow.models import JobState, Txt2ImgRequest
 from comfyflow.plugins.comfyui.backend import ComfyUIBackend
 from comfyflow.plugins.comfyui.client import CHUNK
 from comfyflow.plugins.protocols import OutputRef, OutputStream
+from comfyflow.testing.extra_output import ExtraOutput
 from comfyflow.testing.fake_comfyui import FakeComfyUI
 from comfyflow.testing.moto_server import S3Endpoint, moto_s3_process
 from tests.conftest import close_runtime
 from tests.core.conftest import running_worker, wait_done
 
 MIB = 1024 * 1024
-
-
-class ExtraOutput:
-    """Renders through ``inner``; while ``ref`` is set, the render's result also names that file."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.ref: OutputRef | None = None
-
-    async def render(self, *args: Any, **kwargs: Any) -> list[OutputRef]:
-        outputs = await self.inner.render(*args, **kwargs)
-        return [*outputs, self.ref] if self.ref else outputs
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 class IgnoresCap(ExtraOutput):

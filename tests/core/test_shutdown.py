@@ -7,7 +7,8 @@ import asyncio
 
 from comfyflow.core.worker import Worker, backoff
 from comfyflow.models import JobState, Txt2ImgRequest
-from tests.core.conftest import running_worker, until, wait_done
+from tests.core.conftest import running_worker, wait_done
+from tests.waiting import until
 
 
 async def test_stop_with_every_slot_busy_claims_nothing_more(fake, runtime_factory) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,8 @@ import asyncio
 from comfyflow.core.reaper import Reaper
 from comfyflow.core.worker import Worker
 from comfyflow.models import JobState, Txt2ImgRequest
-from tests.core.conftest import running_worker, until, wait_done
+from tests.core.conftest import running_worker, wait_done
+from tests.waiting import until
 
 
 async def _watch_bound(rt, fake, violations: list[str], stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,8 @@ import pytest
 
 from comfyflow.core import slots as slots_module
 from comfyflow.core.slots import SlotPool
-from tests.core.conftest import running_worker, until
+from tests.core.conftest import running_worker
+from tests.waiting import until
 
 
 @pytest.mark.parametrize("freed_by", ["this process", "another process"])

@@ -171,19 +171,6 @@ async def wait_all(rt: Runtime, job_ids: list[str], *, timeout: float, procs: Pr
     return [j for j in jobs if j is not None]
 
 
-async def until(predicate: Any, *, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert loop.time() < deadline, f"{what}: not true after {timeout}s"
-        await asyncio.sleep(0.05)
-
-
 def artifact_sets(rt: Runtime, job_id: str) -> list[str]:
     """The files stored for a job (local storage): their names when they are one attempt's set, else their paths."""
     return stored_files(Path(rt.settings.resolved_storage_url.removeprefix("file://")) / "jobs" / job_id)

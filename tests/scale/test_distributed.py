@@ -13,7 +13,8 @@ import pytest
 
 from comfyflow.testing.api_server import free_port
 from comfyflow.testing.moto_server import MotoS3Server, moto_s3_server
-from tests.scale.conftest import FAST, MODELS, Processes, until, worker_env
+from tests.scale.conftest import FAST, MODELS, Processes, worker_env
+from tests.waiting import until
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 

@@ -16,7 +16,8 @@ import pytest
 
 from comfyflow.models import JobState, Txt2ImgRequest
 from comfyflow.testing.prefect_replicas import prefect_replicas
-from tests.scale.conftest import FAST, MODELS, Processes, until, wait_all, worker_env
+from tests.scale.conftest import FAST, MODELS, Processes, wait_all, worker_env
+from tests.waiting import until
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(360)]
 STEPS = ["acquire_slot", "render", "store", "validate"]
