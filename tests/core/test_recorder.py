@@ -72,6 +72,8 @@ async def test_increments_are_kept_while_redis_is_away(prefix: str) -> None:
     with pytest.raises(Exception):  # noqa: B017 - any connection error
         await rec.flush()
     assert rec._pending == {m.field_key(m.STORAGE_ERRORS, ()): 1.0}
+    await rec.aclose()  # its flush timer would fire 60 s later, in whatever test then runs, and log a warning
+    assert rec._task is None or rec._task.done()
     await dead.aclose()
     with pytest.raises(ValueError):
         m.increments(m.QUEUE_DEPTH, ("high",))
