@@ -17,10 +17,10 @@ from tests.scale.conftest import (
     Processes,
     artifact_sets,
     restarted,
-    until,
     wait_all,
     worker_env,
 )
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
