@@ -61,7 +61,17 @@ class Settings(BaseSettings):
     )
     backend_plugin: str = Field(default="comfyui", description="Entry point name in comfyflow.backends.")
     backend_slots: int = Field(
-        default=2, ge=1, le=64, description="Prompts per backend at once: 1 running + the ones waiting behind it."
+        default=2, ge=1, le=64,
+        description="Prompts per backend at once: 1 running + the ones waiting behind it (the least; see below).",
+    )  # fmt: skip
+    backend_queue_seconds: float = Field(
+        default=0.25, ge=0, le=60,
+        description="Fast renders get more prompts waiting on their backend (of 2 slots or more): as many as cover "
+        "this many seconds of its measured render time, so comfyflow's handover between two prompts never idles the "
+        "GPU (0: slots fixed).",
+    )  # fmt: skip
+    backend_max_slots: int = Field(
+        default=6, ge=1, le=64, description="The most prompts a backend holds when its renders are fast."
     )
     slot_lease_seconds: float = Field(
         default=30.0, gt=1, description="Expiry of a GPU slot lease; renewed by heartbeats."

@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import structlog
 from prefect.client.schemas.objects import FlowRun, TaskRun, TaskRunPolicy, TaskRunResult
@@ -127,7 +127,8 @@ class AttemptRecord:
         task_run.state, task_run.state_id, task_run.state_type, task_run.state_name = (
             state, state.id, state.type, state.name,
         )  # fmt: skip
-        self._outbox.put_nowait(("task", (task_run.model_copy(deep=True), last, state)))
+        snapshot = task_run.model_dump(mode="json", exclude_none=True, exclude=_SERVER_FIELDS)  # as it is now
+        self._outbox.put_nowait(("task", (task_run.id, snapshot, last, state)))
 
     # --- sending them -----------------------------------------------------------------------------------------
     async def _publish(self) -> None:
@@ -155,13 +156,14 @@ class AttemptRecord:
             except Exception as exc:  # visibility only: never fail or stall a job over its record
                 log.warning("could not record to Prefect", job_id=self.ctx.job.job_id, record=kind, error=str(exc))
 
-    def _emit(self, task_run: TaskRun, initial: State[Any], state: State[Any], follows: Any) -> Any:
+    def _emit(self, task_id: UUID, task_run: dict[str, Any], initial: State[Any], state: State[Any],
+              follows: Any) -> Any:  # fmt: skip
         """The event Prefect's task engine emits for this transition (``emit_task_run_state_change_event``), with
         the related resources its events worker would add from the flow run's context (the server's task-run
-        recorder finds the flow run there)."""
+        recorder finds the flow run there). ``task_run`` is the task run as dumped at the transition."""
         run = self.flow_run
         assert run is not None
-        task_run.flow_run_id, task_run.flow_run_run_count = run.id, run.run_count
+        task_run["flow_run_run_count"] = run.run_count
         state.state_details.flow_run_id = state.state_details.task_run_id = None
         details = {"exclude_none": True, "exclude_unset": True}
         payload = {
@@ -171,17 +173,17 @@ class AttemptRecord:
             "validated_state": {"type": state.type.value, "name": state.name, "message": state.message,
                                 "state_details": state.state_details.model_dump(mode="json", **details),
                                 "data": None},
-            "task_run": task_run.model_dump(mode="json", exclude_none=True, exclude=_SERVER_FIELDS),
+            "task_run": task_run,
         }  # fmt: skip
         related = [
             _related("flow-run", run.id, run.name),
             _related("flow", run.flow_id, "generate"),
             *([_related("deployment", run.deployment_id, "generate")] if run.deployment_id else []),
-            *[{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"} for tag in task_run.tags],
+            *[{"prefect.resource.id": f"prefect.tag.{t}", "prefect.resource.role": "tag"} for t in task_run["tags"]],
         ]
         resource = {
-            "prefect.resource.id": f"prefect.task-run.{task_run.id}", "prefect.resource.name": task_run.name,
-            "prefect.run-count": str(task_run.run_count), "prefect.state-message": state.message or "",
+            "prefect.resource.id": f"prefect.task-run.{task_id}", "prefect.resource.name": task_run["name"],
+            "prefect.run-count": str(task_run["run_count"]), "prefect.state-message": state.message or "",
             "prefect.state-name": state.name or "", "prefect.state-timestamp": state.timestamp.isoformat(),
             "prefect.state-type": state.type.value, "prefect.orchestration": "client",
         }  # fmt: skip

@@ -46,6 +46,8 @@ class AttemptContext:
     backend: str | None = None
     render_started: float | None = None
     render_finished: float | None = None
+    #: When (monotonic) ComfyUI said it started executing this attempt's prompt.
+    execution_started: float | None = None
     #: A prompt of this attempt may sit in a backend's queue (posted, or attached to), until its outputs are in.
     prompt_on_backend: bool = False
 
@@ -88,6 +90,8 @@ class AttemptContext:
         """Map backend events to job progress: the sampler's steps dominate the 0..1 value."""
         if self.first_progress_at is None:
             self.first_progress_at = time.monotonic()
+        if ev.type == "started" and self.execution_started is None:
+            self.execution_started = time.monotonic()
         current = self.job.progress
         if ev.type == "progress" and ev.max:
             value = 0.05 + 0.9 * min(1.0, (ev.value or 0) / ev.max)

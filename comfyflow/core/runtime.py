@@ -75,7 +75,10 @@ class Runtime:
         keys = Keys(settings.key_prefix)
         store = JobStore(redis, settings, hot=hot)
         await store.ensure_groups()
-        slots = SlotPool(redis, keys, {}, lease_seconds=settings.slot_lease_seconds)
+        slots = SlotPool(
+            redis, keys, {}, lease_seconds=settings.slot_lease_seconds,
+            queue_seconds=settings.backend_queue_seconds, max_slots=settings.backend_max_slots,
+        )  # fmt: skip
         pool = BackendPool(
             redis, keys, settings, lambda url: make_backend(settings, url), slots=slots,
             prebuilt=overrides.pop("backends", None),

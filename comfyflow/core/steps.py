@@ -252,6 +252,8 @@ async def render_step(ctx: AttemptContext, prepared: Prepared, lease: SlotLease 
         ctx.prompt_on_backend = True
         outputs = await _render(ctx, backend, prepared, pid)
         ctx.prompt_on_backend = False
+        if ctx.execution_started is not None and not adopted:  # how fast this backend renders (its queue depth)
+            ctx.runtime.slots.observe_render(url, time.monotonic() - ctx.execution_started)
         # The prompt has left ComfyUI's queue: its slot goes to the next prompt now, not after the fetch, so the
         # GPU's queue is refilled while this attempt downloads its outputs.
         held, lease = lease, None

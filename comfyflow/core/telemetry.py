@@ -73,12 +73,16 @@ async def live_gauges(rt: Runtime) -> dict[m.Spec, dict[tuple[str, ...], float]]
     now = time.time()
     alive = sum(1 for v in (workers or {}).values() if now - float(v) < fresh) if isinstance(workers, dict) else 0
     in_progress = sum(p["pending"] for p in pendings if isinstance(p, dict))
+
+    def capacity(url: str) -> int:  # what it holds now (more than configured when its renders are fast)
+        return rt.slots.capacity(url) if url in rt.slots.capacities else rt.settings.backend_slots
+
     return {
         m.QUEUE_DEPTH: {(p,): float(n) for p, n in depth.items()},
         m.QUEUE_DELAYED: {(): float(delayed if isinstance(delayed, int) else 0)},
         m.JOBS_IN_PROGRESS: {(): float(in_progress)},
         m.WORKERS_ALIVE: {(): float(alive)},
-        m.BACKEND_CAPACITY: {(u,): float(rt.slots.capacities.get(u, rt.settings.backend_slots)) for u in rt.backends},
+        m.BACKEND_CAPACITY: {(u,): float(capacity(u)) for u in rt.backends},
         m.BACKEND_SLOTS_IN_USE: {(u,): float(n) for u, n in in_use.items()},
         m.BACKEND_UP: {(u,): up for u, (up, _) in health.items()},
         m.BACKEND_QUEUE: {(u,): float(q) for u, (_, q) in health.items() if q is not None},
