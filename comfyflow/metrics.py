@@ -154,7 +154,9 @@ QUEUE_DEPTH = Spec("comfyflow_queue_depth", "gauge", "Jobs waiting in the queue,
 QUEUE_DELAYED = Spec("comfyflow_queue_delayed_jobs", "gauge", "Jobs waiting out a retry backoff.")
 JOBS_IN_PROGRESS = Spec("comfyflow_jobs_in_progress", "gauge", "Jobs claimed by a worker and not finished.")
 WORKERS_ALIVE = Spec("comfyflow_workers_alive", "gauge", "Worker processes that sent a heartbeat recently.")
-BACKEND_CAPACITY = Spec("comfyflow_backend_capacity_slots", "gauge", "GPU slots per backend.", ("backend",))
+BACKEND_CAPACITY = Spec("comfyflow_backend_capacity_slots", "gauge",
+                        "GPU slots per backend: prompts it may hold now (more than its slots while renders are fast).",
+                        ("backend",))  # fmt: skip
 BACKEND_SLOTS_IN_USE = Spec("comfyflow_backend_slots_in_use", "gauge", "GPU slots leased per backend.", ("backend",))
 BACKEND_UP = Spec("comfyflow_backend_up", "gauge", "1 when the backend answered its health probe.", ("backend",))
 BACKEND_QUEUE = Spec(

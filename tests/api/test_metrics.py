@@ -73,7 +73,8 @@ async def test_jobs_phases_backends_storage_and_requests(api_factory, http, fake
     assert fp == 4 and 0 < s.total("comfyflow_job_first_progress_seconds_sum") < 4 * 2.0
     # backends
     assert s.get1("comfyflow_backend_up", backend=fake.url) == 1
-    assert s.get1("comfyflow_backend_capacity_slots", backend=fake.url) == 2
+    # its 2 slots, or more while its renders are fast (the fake's are: up to the max of 6)
+    assert 2 <= s.get1("comfyflow_backend_capacity_slots", backend=fake.url) <= 6
     assert s.get1("comfyflow_backend_slots_in_use", backend=fake.url) == 0
     assert s.get1("comfyflow_backend_busy_seconds_total", backend=fake.url) > 0
     assert s.get1("comfyflow_backend_failures_total", backend=fake.url, error_class="EXECUTION_ERROR") == 1
