@@ -41,13 +41,13 @@ class Claim:
 
 @dataclass(frozen=True)
 class SubmitOutcome:
-    """What the submit script decided: ``outcome`` is "ok", "existing", "mismatch", "quota", "overloaded",
-    "ratelimited" or "exists"; ``raw`` is the job's hash for "ok" (the fields the script wrote) and "existing" (read
-    in the same round trip)."""
+    """What the submit script decided: ``outcome`` is "ok", "existing", "mismatch", "legacy" (the key's record has
+    an untagged fingerprint: core/submission.py), "quota", "overloaded", "ratelimited" or "exists"; ``raw`` is the
+    job's hash for "ok" (the fields the script wrote) and "existing" (read in the same round trip)."""
 
     outcome: str
     raw: dict[str, str] | None = None
-    #: The job id (existing, mismatch), the queue depth (overloaded) or the count used (quota).
+    #: The job id (existing, mismatch, legacy), the queue depth (overloaded) or the count used (quota).
     detail: str = ""
     #: (allowed, remaining, reset in ms) of the request rate limit, when one was given.
     rate: tuple[bool, int, int] | None = None
