@@ -13,6 +13,7 @@ and anything shaped like a bearer token, a comfyflow API key (``cf_...``), a web
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -161,6 +162,11 @@ _json_handler: logging.Handler | None = None
 _loggers: dict[str, logging.Logger] = {}  # getLogger takes the logging module's lock on every call
 
 
+@functools.cache
+def _level_name(level: int) -> str:
+    return logging.getLevelName(level).lower()
+
+
 def write_json(
     logger: str, level: int, event: str, fields: dict[str, Any], *, redacted: tuple[str, ...] | None = None
 ) -> bool:
@@ -178,13 +184,14 @@ def write_json(
         lg = _loggers[logger] = logging.getLogger(logger)
     if not lg.isEnabledFor(level):
         return True
-    line = {
-        k: redact_text(v) if isinstance(v, str) and (redacted is None or k in redacted) else v
-        for k, v in fields.items()
-    }
-    line.update(event=event, logger=logger, level=logging.getLevelName(level).lower(),
+    line = dict(fields)
+    for k in fields if redacted is None else redacted:
+        v = line.get(k)
+        if isinstance(v, str):
+            line[k] = redact_text(v)
+    line.update(event=event, logger=logger, level=_level_name(level),
                 timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z"))  # fmt: skip
-    text = orjson.dumps(line, default=str).decode() + "\n"
+    text = orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
     handler.acquire()
     try:
         handler.stream.write(text)
