@@ -8,6 +8,7 @@ Idempotency-Key is answered at once (created, or replayed), never "still in prog
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,9 +53,14 @@ def _h(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
+#: The hash of an owner (or idempotency scope), kept: the same few callers submit many times (keys themselves are
+#: new each time and are not kept).
+_owner_h = functools.lru_cache(maxsize=10_000)(_h)
+
+
 def quota_key(prefix: str, owner: str, day: str) -> str:
     """The owner's daily job counter (single jobs and batch items count against the same one)."""
-    return f"{prefix}:quota:{_h(owner)}:{day}"
+    return f"{prefix}:quota:{_owner_h(owner)}:{day}"
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ class Submitter:
         self.rt = runtime
 
     def idem_key(self, owner: str, key: str) -> str:
-        return f"{self.rt.store.keys.prefix}:idem:{_h(owner)}:{_h(key)}"
+        return f"{self.rt.store.keys.prefix}:idem:{_owner_h(owner)}:{_h(key)}"
 
     async def submit(
         self,
