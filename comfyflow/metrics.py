@@ -219,12 +219,28 @@ def _clean(value: str) -> str:
     return str(value).replace(SEP, "_")[:200]
 
 
+#: Field keys already built (the API counts every request under a few route, method and status labels).
+_field_keys: dict[tuple[str, tuple[str, ...], str], str] = {}
+MAX_CACHED_KEYS = 10_000
+
+
 def field_key(spec: Spec, labels: tuple[str, ...], part: str = "") -> str:
     """The hash field of one series: ``name[:part]|v1|v2``; ``part`` is ``b<i>`` (bucket i) or ``sum``."""
+    try:
+        cached = _field_keys.get((spec.name, labels, part))
+    except TypeError:  # a label value that is not hashable (a fact's JSON may hold anything): not cached
+        cached, cache_key = None, None
+    else:
+        cache_key = (spec.name, labels, part)
+    if cached is not None:
+        return cached
     if len(labels) != len(spec.labels):
         raise ValueError(f"{spec.name} takes labels {spec.labels}, got {labels!r}")
     name = f"{spec.name}:{part}" if part else spec.name
-    return SEP.join([name, *(_clean(v) for v in labels)])
+    key = SEP.join([name, *(_clean(v) for v in labels)])
+    if cache_key is not None and len(_field_keys) < MAX_CACHED_KEYS:
+        _field_keys[cache_key] = key
+    return key
 
 
 def bucket_index(spec: Spec, value: float) -> int:

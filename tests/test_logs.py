@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from comfyflow import logs
 from comfyflow.models import Role
@@ -44,6 +46,23 @@ def test_redaction_covers_nested_values_and_tracebacks() -> None:
     assert [line["level"] for line in lines] == ["info", "error", "warning"]
     assert "Traceback" in lines[1]["exception"] and lines[0]["api_key"] == "[redacted]"
     assert logs.resolve_format("auto", io.StringIO()) == "json"
+
+
+def _redacted_by_patterns(text: str) -> str:
+    for pattern in logs._VALUE_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + logs.REDACTED, text)
+    return text
+
+
+_PIECES = ["Bearer ", "BASIC ", "basic ", "ba\u017fic dXNlcjpwYXNz", "bearer\t", "cf_", "CF_", "whsec_", "http://u:",
+           "@h", "?token=", "&sig=", "Authorization:", "api_key=", "cookie ", "abcdefghijkl", "/api/v1/jobs",
+           "0123456789abcdef", " ", "\u00e9", "\u0130", "\u212a"]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=8), max_size=8).map("".join))
+def test_redact_text_quick_check_redacts_what_the_patterns_do(text: str) -> None:
+    """The substring check that lets clean ASCII text skip the regular expressions changes no outcome."""
+    assert logs.redact_text(text) == _redacted_by_patterns(text)
 
 
 async def _done(http: Any, base: str, job_id: str, headers: dict[str, str]) -> dict[str, Any]:  # noqa: F811

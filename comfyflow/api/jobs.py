@@ -12,7 +12,7 @@ from sanic.response import HTTPResponse, json
 
 from comfyflow.api.auth_policy import apply_rate_decision
 from comfyflow.api.errors import envelope
-from comfyflow.api.http import json_body, query_int
+from comfyflow.api.http import json_body, json_response, query_int
 from comfyflow.api.views import fast_job_view, job_view
 from comfyflow.core.ratelimit import Decision
 from comfyflow.core.store import job_from_hash
@@ -90,7 +90,7 @@ async def create_job(request: Request) -> HTTPResponse:
     if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
     view = fast_job_view(request, sub.raw) or await job_view(request, sub.job)
-    return json(view, status=202, headers=headers)
+    return json_response(view, status=202, headers=headers)
 
 
 @bp.get("/jobs/<job_id:str>")
@@ -106,7 +106,7 @@ async def get_job(request: Request, job_id: str) -> HTTPResponse:
         raw = await store.raw(job_id)
     if not raw or raw.get("owner", "local") != request.ctx.principal.id:
         raise NotFound(f"No job {job_id!r} among yours.", details={"job_id": job_id})
-    return json(fast_job_view(request, raw) or await job_view(request, job_from_hash(raw)))
+    return json_response(fast_job_view(request, raw) or await job_view(request, job_from_hash(raw)))
 
 
 def _cursor(score: float, job_id: str) -> str:

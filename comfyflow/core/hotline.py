@@ -64,6 +64,7 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self._timer: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []  # commands sent in this turn of the event loop, written together at its end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -90,10 +91,19 @@ class _Wire(asyncio.Protocol):
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         future = self.loop.create_future()
         self.waiting.append((future, self.loop.time()))
-        self.transport.write(packed)  # type: ignore[union-attr]
+        if not self._out:
+            self.loop.call_soon(self._write)
+        self._out.append(packed)
         if self._timer is None:
             self._timer = self.loop.call_later(self.timeout, self._watch)
         return future
+
+    def _write(self) -> None:
+        """One socket write for every command sent since the last: each write costs a system call and wakes
+        Redis (with 32 requests in flight a turn of the loop handles several submits; ~4% of a submit's CPU)."""
+        out, self._out = self._out, []
+        if not self.lost and self.transport is not None:  # else their calls failed already (_fail)
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
 
     def _watch(self) -> None:
         self._timer = None

@@ -41,12 +41,13 @@ class Claim:
 
 @dataclass(frozen=True)
 class SubmitOutcome:
-    """What the submit script decided: ``outcome`` is "ok", "existing", "mismatch", "quota", "overloaded",
-    "ratelimited" or "exists"; ``raw`` is the job's hash for "ok" and "existing" (read in the same round trip)."""
+    """What the submit script decided: ``outcome`` is "ok", "existing", "mismatch", "legacy" (the key's record has
+    an untagged fingerprint: core/submission.py), "quota", "overloaded", "ratelimited" or "exists"; ``raw`` is the
+    job's hash for "ok" (the fields the script wrote) and "existing" (read in the same round trip)."""
 
     outcome: str
     raw: dict[str, str] | None = None
-    #: The job id (existing, mismatch), the queue depth (overloaded) or the count used (quota).
+    #: The job id (existing, mismatch, legacy), the queue depth (overloaded) or the count used (quota).
     detail: str = ""
     #: (allowed, remaining, reset in ms) of the request rate limit, when one was given.
     rate: tuple[bool, int, int] | None = None
@@ -205,14 +206,18 @@ class JobStore:
         depth = -1 if limits.max_depth is None else limits.max_depth
         args = [self.keys.prefix, now, fingerprint, self.settings.idempotency_ttl_seconds, limit, 2 * 86400, depth,
                 rl_limit, rl_window, rl_member]  # fmt: skip
+        pairs = [str(v) for v in _pairs(fields)]
         # the fields as one argument: packing 40 arguments costs the client more than one JSON string
-        args.append(compact_json([str(v) for v in _pairs(fields)]))
+        args.append(compact_json(pairs))
         res = await self.scripts.run("submit", keys, args, via=self.hot)
         outcome = _s(res[0])
         rate = None if int(res[1]) < 0 else (int(res[1]) == 1, int(res[2]), int(res[3]))
         detail = _s(res[4]) if len(res) > 4 else ""
         raw = None
-        if outcome in ("ok", "existing") and len(res) > 5 and res[5]:
+        if outcome == "ok":  # the hash is what was just written, and the queue message (its id is the detail)
+            raw = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            raw.update(msg_stream=self.keys.queue(raw["priority"]), msg_id=detail)
+        elif outcome == "existing" and len(res) > 5 and res[5]:
             flat = res[5]
             raw = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
         return SubmitOutcome(outcome, raw, detail, rate)

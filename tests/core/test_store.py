@@ -36,6 +36,18 @@ async def test_stale_worker_cannot_overwrite_newer_attempt(redis: Redis, make_se
     assert not await store.complete(second, JobResult(seed=3)), "succeeded twice"
 
 
+async def test_submit_answers_the_hash_it_wrote(redis: Redis, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """The submit script no longer reads the new job back: what ``submit`` answers is the hash in Redis."""
+    store = await _store(redis, make_settings)
+    cases = [(Txt2ImgRequest(prompt="fox \u00e9\U0001f98a", labels=["a"]), None),
+             (Txt2ImgRequest(prompt="owl", priority=Priority.HIGH), {"role": "pro", "n": 3})]  # fmt: skip
+    for request, extra in cases:
+        out = await store.submit(request, owner="u1", extra=extra)
+        assert out.outcome == "ok" and out.raw is not None
+        assert out.raw == await store.raw(out.raw["id"])
+        assert out.raw["msg_stream"] == store.keys.queue(request.priority) and out.raw["msg_id"] == out.detail
+
+
 async def test_cancel_queued_never_starts(redis: Redis, make_settings) -> None:  # type: ignore[no-untyped-def]
     store = await _store(redis, make_settings)
     reader = QueueReader(redis, store.keys, "w1", store.settings.priority_weights)

@@ -3,8 +3,9 @@
 -- KEYS: job, notify, owner_jobs, events, idem_key, quota_key, ratelimit, batch_backlog, q:high, q:normal, q:low
 -- ARGV: prefix, now, idem_fp ('' = none), idem_ttl, quota_limit (-1 = none), quota_ttl, max_depth (-1 = none),
 --       rl_limit (-1 = none), rl_window_ms, rl_member, the job's field/value pairs as one JSON array of strings
--- Returns {outcome, rl_allowed (-1 = no limit), rl_remaining, rl_reset_ms, ...}: 'ok' msg job_pairs,
--- 'existing' id job_pairs, 'mismatch' id, 'overloaded' depth, 'quota' used, 'ratelimited', 'exists'.
+-- Returns {outcome, rl_allowed (-1 = no limit), rl_remaining, rl_reset_ms, ...}: 'ok' msg,
+-- 'existing' id job_pairs, 'mismatch' id, 'legacy' id (ask again with an untagged fingerprint), 'overloaded' depth,
+-- 'quota' used, 'ratelimited', 'exists'.
 local rl = {-1, 0, 0}
 local rl_limit = tonumber(ARGV[8])
 if rl_limit >= 0 then
@@ -34,6 +35,11 @@ if ARGV[3] ~= '' then
   if cur then
     local fp, id = string.match(cur, '^job:([^:]+):(.+)$')
     if fp == ARGV[3] then return reply('existing', id, redis.call('HGETALL', ARGV[1] .. ':job:' .. id)) end
+    -- Recorded with an untagged fingerprint (before they carried a version, core/submission.py FINGERPRINT_TAG):
+    -- the caller asks again with one of that kind.
+    if fp and not string.find(fp, '.', 1, true) and string.find(ARGV[3], '.', 1, true) then
+      return reply('legacy', id)
+    end
     return reply('mismatch', id or '')
   end
 end
@@ -71,4 +77,5 @@ if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', ARGV[1
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[5], 'job:' .. ARGV[3] .. ':' .. st[1], 'EX', tonumber(ARGV[4]))
 end
-return reply('ok', msg, redis.call('HGETALL', KEYS[1]))
+-- The caller has the hash: the fields it sent, and msg_stream and msg_id from the queue message.
+return reply('ok', msg)
