@@ -111,7 +111,9 @@ def serve(
     if simulate:
         from comfyflow.testing.fake_comfyui import run as run_fake
 
-        threading.Thread(target=run_fake, args=("127.0.0.1", sim_port, render_time), daemon=True).start()
+        # a daemon thread: it ends with the process, so its folders live in the home (as `generate --simulate`'s)
+        sim = ("127.0.0.1", sim_port, render_time, None, settings.resolved_home / "sim")
+        threading.Thread(target=run_fake, args=sim, daemon=True).start()
     from comfyflow.api.app import create_app, first_process
     from comfyflow.api.serving import serve as serve_api
     from comfyflow.cli_banner import deliver_first_key, services_line

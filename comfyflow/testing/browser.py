@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -43,7 +45,26 @@ def chromium(width: int = 1280, height: int = 900) -> Any:
                 f"--window-size={width},{height}", "--force-device-scale-factor=1"):  # fmt: skip
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    # Its profile and its temporary files (Chromium leaves a /tmp/org.chromium.Chromium.* folder behind when the
+    # driver ends it) in one folder of ours, removed on quit.
+    scratch = Path(tempfile.mkdtemp(prefix="comfyflow-chromium-"))
+    options.add_argument(f"--user-data-dir={scratch / 'profile'}")
+    service = Service(executable_path=str(CHROMEDRIVER), env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        driver = webdriver.Chrome(options=options, service=service)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    quit_driver = driver.quit
+
+    def quit() -> None:
+        try:
+            quit_driver()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    driver.quit = quit  # type: ignore[method-assign]
+    return driver
 
 
 class LiveConsole:

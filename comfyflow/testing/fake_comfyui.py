@@ -658,8 +658,11 @@ class FakeComfyUI(FileAndInfoRoutes):
         }
 
 
-def run(host: str, port: int, render_time: float, checkpoints: Sequence[str] | None = None) -> None:
-    """Serve a fake ComfyUI until SIGINT/SIGTERM (``comfyflow sim``)."""
+def run(
+    host: str, port: int, render_time: float, checkpoints: Sequence[str] | None = None, workdir: Path | None = None
+) -> None:
+    """Serve a fake ComfyUI until SIGINT/SIGTERM (``comfyflow sim``). ``workdir``: its input/output folders (kept);
+    else a temporary folder, removed when it stops (a thread that dies with its process never stops: give it one)."""
 
     async def serve() -> None:
         fake = FakeComfyUI(
@@ -667,6 +670,7 @@ def run(host: str, port: int, render_time: float, checkpoints: Sequence[str] | N
             port=port,
             render_time=render_time,
             checkpoints=tuple(checkpoints or DEFAULT_CHECKPOINTS),
+            workdir=workdir,
         )
         await fake.start()
         print(f"fake ComfyUI 0.8.0 listening on {fake.url} (render time {render_time}s)", flush=True)
