@@ -11,6 +11,7 @@ Naming follows ``comfyflow_<noun>_<unit>``; durations are seconds; label values 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -219,28 +220,19 @@ def _clean(value: str) -> str:
     return str(value).replace(SEP, "_")[:200]
 
 
-#: Field keys already built (the API counts every request under a few route, method and status labels).
-_field_keys: dict[tuple[str, tuple[str, ...], str], str] = {}
-MAX_CACHED_KEYS = 10_000
-
-
 def field_key(spec: Spec, labels: tuple[str, ...], part: str = "") -> str:
     """The hash field of one series: ``name[:part]|v1|v2``; ``part`` is ``b<i>`` (bucket i) or ``sum``."""
-    try:
-        cached = _field_keys.get((spec.name, labels, part))
-    except TypeError:  # a label value that is not hashable (a fact's JSON may hold anything): not cached
-        cached, cache_key = None, None
-    else:
-        cache_key = (spec.name, labels, part)
-    if cached is not None:
-        return cached
     if len(labels) != len(spec.labels):
         raise ValueError(f"{spec.name} takes labels {spec.labels}, got {labels!r}")
-    name = f"{spec.name}:{part}" if part else spec.name
-    key = SEP.join([name, *(_clean(v) for v in labels)])
-    if cache_key is not None and len(_field_keys) < MAX_CACHED_KEYS:
-        _field_keys[cache_key] = key
-    return key
+    try:
+        return _joined(spec.name, labels, part)
+    except TypeError:  # a label value that is not hashable (a fact's JSON may hold anything): built, not kept
+        return _joined.__wrapped__(spec.name, labels, part)
+
+
+@functools.lru_cache(maxsize=10_000)  # the API counts every request under a few route, method and status labels
+def _joined(name: str, labels: tuple[str, ...], part: str) -> str:
+    return SEP.join([f"{name}:{part}" if part else name, *(_clean(v) for v in labels)])
 
 
 def bucket_index(spec: Spec, value: float) -> int:
