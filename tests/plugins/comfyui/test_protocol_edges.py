@@ -292,11 +292,13 @@ async def read_output(backend, ref, max_bytes):
     return stream, chunks
 
 
-async def test_output_streams_with_a_cap_and_guesses_the_type(make):
-    async def on_prompt(stub, body):
-        raise AssertionError("not used")
+async def no_prompt(stub, body):
+    """The stub's prompt handler for tests that only read outputs."""
+    raise AssertionError("not used")
 
-    stub, backend = await make(on_prompt)
+
+async def test_output_streams_with_a_cap_and_guesses_the_type(make):
+    stub, backend = await make(no_prompt)
     ref = OutputRef("9", "videos", "clip_00001_.webm", "sub", "output")
     with pytest.raises(OutputTooLarge):
         await read_output(backend, ref, 25)
@@ -313,11 +315,7 @@ async def test_output_streams_with_a_cap_and_guesses_the_type(make):
 async def test_an_output_without_a_length_is_cut_off_at_the_cap_mid_stream(make):
     """No Content-Length to refuse up front: the backend stops reading once more than the cap arrived, and never
     hands out a chunk bigger than CHUNK."""
-
-    async def on_prompt(stub, body):
-        raise AssertionError("not used")
-
-    stub, backend = await make(on_prompt)
+    stub, backend = await make(no_prompt)
     stub.view_body = [b"x" * 65536] * 256  # 16 MiB, chunked
     cap = 3 * 1024 * 1024 + 5
     received = []
@@ -331,10 +329,7 @@ async def test_an_output_without_a_length_is_cut_off_at_the_cap_mid_stream(make)
 
 
 async def test_an_output_announced_too_large_is_refused_before_its_body(make):
-    async def on_prompt(stub, body):
-        raise AssertionError("not used")
-
-    stub, backend = await make(on_prompt)
+    stub, backend = await make(no_prompt)
     stub.view_length = True
     stub.view_body = [b"y" * 1000]
     with pytest.raises(OutputTooLarge) as caught:
@@ -344,10 +339,7 @@ async def test_an_output_announced_too_large_is_refused_before_its_body(make):
 
 
 async def test_a_cut_off_output_is_backend_unavailable(make):
-    async def on_prompt(stub, body):
-        raise AssertionError("not used")
-
-    stub, backend = await make(on_prompt)
+    stub, backend = await make(no_prompt)
     stub.view_length = True
     stub.view_body = [b"z" * 1000]
     stub.view_cut = True  # announces 1000 bytes, sends 1000 - 10, closes
@@ -356,10 +348,7 @@ async def test_a_cut_off_output_is_backend_unavailable(make):
 
 
 async def test_what_the_caller_raises_while_reading_is_not_blamed_on_the_backend(make):
-    async def on_prompt(stub, body):
-        raise AssertionError("not used")
-
-    _, backend = await make(on_prompt)
+    _, backend = await make(no_prompt)
     with pytest.raises(OSError, match="disk full"):
         async with backend.open_output(OutputRef("9", "images", "a.png"), max_bytes=100) as stream:
             async for _ in stream.chunks:
